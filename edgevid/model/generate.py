@@ -1,0 +1,237 @@
+"""Generation in three layers (as mlx-lm does it):
+
+1. ``decode_steps(decoder, embed, prompt, sampler)`` — the KV-cache loop, yielding token ids: prefill
+   the whole prompt once, then feed one token per step with the presents as the next pasts. Closing
+   the generator stops generation.
+2. ``stream_generate(steps, detokenizer, options, eos_ids)`` — yields :class:`TextPiece` s; the last
+   one carries ``finish_reason`` ("stop" on an EOS id or a stop string, "length" at ``max_tokens``).
+   Text that might be the start of a stop string is held back until it is known not to be one.
+3. ``generate(...)`` — joins the pieces into a :class:`GenerationResult`.
+
+:class:`GenerationOptions` is the one set of knobs the CLI flags and the HTTP body both map into; it
+validates itself on construction and raises :class:`InvalidRequestError` naming the parameter.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from edgevid.errors import ContextLengthError, InvalidRequestError
+from edgevid.model.sampling import make_sampler
+from edgevid.model.sessions import DecoderSession, EmbedSession, Embeddings
+
+MAX_STOP_STRINGS = 4
+MAX_NUM_FRAMES = 1024
+
+
+@dataclass
+class GenerationOptions:
+    max_tokens: int = 256
+    temperature: float = 0.0     # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0               # 0 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    num_frames: int | None = None   # frames per video; None = the model folder's default (32)
+
+    def __post_init__(self):
+        self.max_tokens = _integer("max_tokens", self.max_tokens, low=1)
+        self.temperature = _number("temperature", self.temperature, low=0.0, high=2.0)
+        self.top_p = _number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        self.top_k = _integer("top_k", self.top_k, low=0)
+        if self.seed is not None:
+            self.seed = _integer("seed", self.seed, low=-(2**63), high=2**64 - 1) % 2**64
+        self.stop = _stop_strings(self.stop)
+        if self.num_frames is not None:
+            self.num_frames = _integer("num_frames", self.num_frames, low=1, high=MAX_NUM_FRAMES)
+
+    def sampler(self):
+        return make_sampler(self.temperature, self.top_k, self.top_p, self.seed)
+
+
+def _integer(name, value, *, low=None, high=None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InvalidRequestError(f"{name} must be an integer, got {value!r}", param=name)
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidRequestError(f"{name} must be {_range(low, high)}, got {value}", param=name)
+    return value
+
+
+def _number(name, value, *, low, high, low_open=False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise InvalidRequestError(f"{name} must be a number, got {value!r}", param=name)
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bound = f"> {low} and <= {high}" if low_open else f"between {low} and {high}"
+        raise InvalidRequestError(f"{name} must be {bound}, got {value}", param=name)
+    return value
+
+
+def _range(low, high) -> str:
+    if high is None:
+        return f">= {low}"
+    return f"between {low} and {high}"
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}", param="stop")
+    if len(stop) > MAX_STOP_STRINGS or any(s == "" for s in stop):
+        raise InvalidRequestError(
+            f"stop takes up to {MAX_STOP_STRINGS} non-empty strings, got {list(stop)!r}", param="stop"
+        )
+    return tuple(stop)
+
+
+def check_context(prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+    """The prompt plus the tokens asked for must fit the model's context."""
+    if prompt_tokens + max_tokens > context_length:
+        raise ContextLengthError(
+            f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, {prompt_tokens + max_tokens} "
+            f"in all, but the model's context is {context_length} tokens; use fewer frames (num_frames), "
+            f"shorter messages or a lower max_tokens",
+            param="messages",
+        )
+
+
+# ---- layer 1: the KV-cache loop ---------------------------------------------------------------------
+@dataclass
+class PromptInputs:
+    """What the prefill needs: the prompt ids and their embeddings with vision features merged in."""
+
+    input_ids: np.ndarray          # int64 [seq]
+    embeddings: Embeddings
+
+
+def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInputs, sampler) -> Iterator[int]:
+    """Prefill once, then one token per step. Endless: the consumer decides when to stop (and closes)."""
+    cache = decoder.empty_cache()
+    ids = np.asarray(prompt.input_ids, dtype=np.int64).reshape(1, -1)
+    feeds = {"inputs_embeds": prompt.embeddings.inputs_embeds, "input_ids": ids}
+    if prompt.embeddings.per_layer_inputs is not None:
+        feeds["per_layer_inputs"] = prompt.embeddings.per_layer_inputs
+    logits = decoder.forward(feeds, cache, ids.shape[1])
+    on_device = _embed_outputs_match(embed, decoder)
+    while True:
+        token = sampler(logits)
+        yield token
+        step_ids = np.array([[token]], dtype=np.int64)
+        if on_device:
+            feeds = embed.embed_bound(step_ids, decoder.device)
+        else:
+            e = embed.embed(step_ids)
+            feeds = {"inputs_embeds": e.inputs_embeds, "per_layer_inputs": e.per_layer_inputs}
+        feeds["input_ids"] = step_ids
+        logits = decoder.forward(feeds, cache, 1)
+
+
+def _embed_outputs_match(embed: EmbedSession, decoder: DecoderSession) -> bool:
+    """Embedder outputs can be bound straight into the decoder when names and element types agree."""
+    out_types = {arg.name: arg.type for arg in embed.session.get_outputs()}
+    return all(
+        name in out_types and out_types[name] == decoder.inputs[name].type
+        for name in ("inputs_embeds", "per_layer_inputs")
+        if name in decoder.inputs
+    ) and embed.provider == decoder.provider
+
+
+# ---- layer 2: text pieces -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextPiece:
+    text: str
+    token_id: int
+    finish_reason: str | None = None     # None | "stop" | "length"
+
+
+class Detokenizer(Protocol):
+    def add(self, token_id: int) -> str: ...   # text made final by this token ("" while bytes are pending)
+    def flush(self) -> str: ...                # whatever is still pending at the end
+
+
+class StopStrings:
+    """Finds stop strings across token boundaries, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        buf = self.pending + text
+        if not self.stops:
+            self.pending = ""
+            return buf, False
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.pending = ""
+            return buf[: min(hits)], True
+        hold = self._held_suffix(buf)
+        self.pending = buf[len(buf) - hold :] if hold else ""
+        return buf[: len(buf) - hold], False
+
+    def finish(self, text: str) -> str:
+        out, hit = self.feed(text)
+        if not hit:
+            out += self.pending
+        self.pending = ""
+        return out
+
+    def _held_suffix(self, buf: str) -> int:
+        longest = min(len(buf), max(len(s) for s in self.stops) - 1)
+        for k in range(longest, 0, -1):
+            tail = buf[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                return k
+        return 0
+
+
+def stream_generate(steps: Iterator[int], detokenizer: Detokenizer, options: GenerationOptions,
+                    eos_ids: Iterable[int]) -> Iterator[TextPiece]:
+    eos = set(int(i) for i in eos_ids)
+    stops = StopStrings(options.stop)
+    try:
+        for count, token in enumerate(steps, start=1):
+            if token in eos:
+                yield TextPiece(stops.finish(detokenizer.flush()), token, "stop")
+                return
+            text, hit = stops.feed(detokenizer.add(token))
+            if hit:
+                yield TextPiece(text, token, "stop")
+                return
+            if count >= options.max_tokens:
+                yield TextPiece(text + stops.finish(detokenizer.flush()), token, "length")
+                return
+            yield TextPiece(text, token)
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
+
+
+# ---- layer 3: joined ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: tuple[int, ...] = field(default_factory=tuple)
+    finish_reason: str | None = None
+
+
+def generate(steps: Iterator[int], detokenizer: Detokenizer, options: GenerationOptions,
+             eos_ids: Iterable[int]) -> GenerationResult:
+    text, ids, finish = [], [], None
+    for piece in stream_generate(steps, detokenizer, options, eos_ids):
+        text.append(piece.text)
+        ids.append(piece.token_id)
+        finish = piece.finish_reason
+    return GenerationResult("".join(text), tuple(ids), finish)

@@ -1,0 +1,313 @@
+"""One onnxruntime session per graph of the model folder.
+
+- :class:`VisionEncoderSession` — frames -> soft-token features (``image_features``), run in chunks of
+  frames so activation memory stays bounded; checks that the graph returned one row per soft token.
+- :class:`EmbedSession` — token ids -> ``inputs_embeds`` (+ ``per_layer_inputs``). Image/video/audio
+  placeholder ids are replaced by the pad id first, exactly as transformers' Gemma 4 does, so the
+  per-layer inputs at media positions are the pad token's.
+- :class:`DecoderSession` — ``decoder_model_merged`` with a KV cache (:class:`KVCache`) that is fed
+  back step after step through IO binding: presents become the next step's pasts as OrtValues, never
+  converted to numpy, and on CUDA/DirectML they stay in device memory.
+
+``merge_vision_features`` scatters the features into the placeholder positions, in order.
+
+Session options (``session_options``), chosen on purpose:
+
+- graph optimisation ``ORT_ENABLE_ALL``: constant folding, MatMul/Add/GELU/norm fusions and the
+  CPU layout transforms; on q4 graphs it also prepacks the MatMulNBits weights once at load.
+- ``intra_op_num_threads`` = the ``threads`` asked for, else 0 (onnxruntime's default: one thread per
+  physical core, which is what matmul-bound inference wants; hyper-threads only contend).
+- sequential execution and ``inter_op_num_threads=1``: the graphs are one chain of layers, so
+  parallel branches would only fight the intra-op pool for the same cores.
+- memory patterns off: they cache an allocation plan per input shape, and the decoder sees a new
+  past length every step (the vision encoder a new frame count per request), so a plan is never
+  reused; DirectML requires them off anyway.
+- CPU memory arena: on for the decoder (its per-step tensors are reused from the arena), off for the
+  vision encoder and the embedder, whose large one-shot activations would otherwise stay reserved
+  in a second arena while the decoder runs and raise peak memory.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgevid.errors import ModelFolderError
+from edgevid.model.providers import CPU, ProviderChoice, select_providers
+
+log = logging.getLogger(__name__)
+
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    threads: int | None = None          # intra-op threads; None = one per physical core
+    optimization: str = "all"           # "disable" | "basic" | "extended" | "all"
+    frames_per_run: int = 8             # vision encoder chunk: bounds activation memory
+    optimized_model_dir: str | None = None  # write the optimised graphs here (debugging)
+
+
+def session_options(config: SessionConfig, *, arena: bool, label: str = "graph"):
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[config.optimization]
+    so.intra_op_num_threads = int(config.threads or 0)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_mem_pattern = False
+    so.enable_cpu_mem_arena = arena
+    so.log_severity_level = 3
+    if config.optimized_model_dir:
+        so.optimized_model_filepath = os.path.join(config.optimized_model_dir, f"{label}.optimized.onnx")
+    return so
+
+
+class GraphSession:
+    """Owns one ``onnxruntime.InferenceSession`` created once with explicit options and providers."""
+
+    arena = True
+
+    def __init__(self, path: str | os.PathLike, choice: ProviderChoice, config: SessionConfig = SessionConfig()):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFolderError(f"graph file missing: {self.path}", source=str(self.path))
+        self.config = config
+        self._open(choice)
+
+    def _open(self, choice: ProviderChoice) -> None:
+        import onnxruntime as ort
+
+        self.choice = choice
+        options = session_options(self.config, arena=self.arena, label=self.path.stem)
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=choice.names(), provider_options=choice.options()
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelFolderError(f"cannot load {self.path.name}: {exc}", source=str(self.path)) from exc
+        self.inputs = {arg.name: arg for arg in self.session.get_inputs()}
+        self.output_names = [arg.name for arg in self.session.get_outputs()]
+        active = self.session.get_providers()[0]
+        if active != choice.name:
+            log.warning("%s: asked for %s, onnxruntime runs it on %s", self.path.name, choice.name, active)
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def input_dtype(self, name: str):
+        return _NP_TYPES.get(self.inputs[name].type, np.float32)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, feeds)
+        return dict(zip(self.output_names, outputs))
+
+
+class VisionEncoderSession(GraphSession):
+    arena = False
+
+    def __init__(self, path, choice, config=SessionConfig(), *, pooling_kernel_size: int = 3):
+        super().__init__(path, choice, config)
+        self.pool_area = pooling_kernel_size ** 2
+
+    def soft_token_counts(self, position_ids: np.ndarray) -> np.ndarray:
+        """Soft tokens per frame: real (non-padding) patches / pooling area, as transformers counts them."""
+        return (position_ids != -1).all(axis=-1).sum(axis=-1) // self.pool_area
+
+    def encode(self, pixel_values: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        """``[frames, patches, 768]`` + ``[frames, patches, 2]`` -> ``[soft_tokens, text_hidden]``."""
+        step = max(1, self.config.frames_per_run)
+        chunks = [
+            self._encode_chunk(pixel_values[i : i + step], position_ids[i : i + step])
+            for i in range(0, len(pixel_values), step)
+        ]
+        return np.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+
+    def _encode_chunk(self, pixel_values, position_ids) -> np.ndarray:
+        feeds = {
+            "pixel_values": np.ascontiguousarray(pixel_values, dtype=self.input_dtype("pixel_values")),
+            "pixel_position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+        }
+        features = self.run(feeds)["image_features"]
+        expected = int(self.soft_token_counts(position_ids).sum())
+        if features.ndim == 3:  # a graph that keeps the frame axis: [frames, tokens, hidden]
+            features = features.reshape(-1, features.shape[-1])
+        if features.shape[0] != expected:
+            features = self._fallback(feeds, expected, features.shape)
+        return features
+
+    def _fallback(self, feeds, expected: int, got) -> np.ndarray:
+        """A provider that mis-shapes the padding-dropping output: rerun the graph on the CPU provider."""
+        if self.provider == CPU:
+            raise ModelFolderError(
+                f"{self.path.name} returned {got[0]} feature rows for {expected} soft tokens", source=str(self.path)
+            )
+        log.warning(
+            "%s on %s returned %s rows for %d soft tokens; running the vision encoder on %s from now on",
+            self.path.name, self.provider, got[0], expected, CPU,
+        )
+        self._open(select_providers("cpu", [CPU]))
+        return self._encode_chunk(feeds["pixel_values"], feeds["pixel_position_ids"])
+
+
+@dataclass
+class Embeddings:
+    inputs_embeds: np.ndarray               # [1, seq, hidden]
+    per_layer_inputs: np.ndarray | None     # [1, seq, layers, dim] or None
+
+
+class EmbedSession(GraphSession):
+    arena = False
+
+    def __init__(self, path, choice, config=SessionConfig(), *, placeholder_ids: Sequence[int] = (), pad_id: int = 0):
+        super().__init__(path, choice, config)
+        self.placeholder_ids = np.asarray(sorted(set(placeholder_ids)), dtype=np.int64)
+        self.pad_id = int(pad_id)
+        self.has_per_layer = "per_layer_inputs" in self.output_names
+
+    def text_ids(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if self.placeholder_ids.size:
+            ids = np.where(np.isin(ids, self.placeholder_ids), self.pad_id, ids)
+        return ids
+
+    def embed(self, input_ids: np.ndarray) -> Embeddings:
+        out = self.run({"input_ids": self.text_ids(input_ids).reshape(1, -1)})
+        return Embeddings(out["inputs_embeds"], out.get("per_layer_inputs"))
+
+    def embed_bound(self, input_ids: np.ndarray, device: str) -> dict:
+        """Embed through IO binding; returns ``{output name: OrtValue}`` resident on ``device``."""
+        import onnxruntime as ort
+
+        ids = ort.OrtValue.ortvalue_from_numpy(self.text_ids(input_ids).reshape(1, -1), device, 0)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", ids)
+        for name in self.output_names:
+            binding.bind_output(name, device, 0)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.get_outputs()))
+
+
+def merge_vision_features(input_ids: np.ndarray, inputs_embeds: np.ndarray, features: np.ndarray,
+                          placeholder_ids: Sequence[int]) -> np.ndarray:
+    """Write ``features`` rows into the placeholder positions of ``inputs_embeds`` (in order), in place."""
+    ids = np.asarray(input_ids).reshape(-1)
+    positions = np.flatnonzero(np.isin(ids, np.asarray(list(placeholder_ids), dtype=np.int64)))
+    if len(positions) != len(features):
+        raise ModelFolderError(
+            f"the prompt has {len(positions)} image/video tokens but the vision encoder returned "
+            f"{len(features)} feature rows"
+        )
+    if len(positions):
+        flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
+        flat[positions] = features.astype(flat.dtype, copy=False)
+    return inputs_embeds
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    layer: int
+    kv_heads: int
+    head_dim: int
+    dtype: type
+
+
+class KVCache:
+    """Past keys/values of the cache-owning layers as OrtValues, plus the number of tokens they hold."""
+
+    def __init__(self, values: dict, length: int = 0):
+        self.values = values          # input name ("past_key_values.{i}.key") -> OrtValue
+        self.length = length
+
+
+class DecoderSession(GraphSession):
+    """``decoder_model_merged``: one graph for prefill and decode, KV cache fed back via IO binding."""
+
+    def __init__(self, path, choice, config=SessionConfig()):
+        super().__init__(path, choice, config)
+        self.cache_specs = self._read_cache_specs()
+        self.needs_input_ids = "input_ids" in self.inputs
+        self.needs_per_layer = "per_layer_inputs" in self.inputs
+        self.keeps_logits = "num_logits_to_keep" in self.inputs
+        self.embeds_dtype = self.input_dtype("inputs_embeds")
+        self.device = choice.ort_device if self.provider == choice.name else "cpu"
+
+    def _read_cache_specs(self) -> list[CacheSpec]:
+        specs = {}
+        for name, arg in self.inputs.items():
+            match = _PAST.match(name)
+            if not match or match.group(2) != "key":
+                continue
+            shape = arg.shape  # [batch, kv_heads, past, head_dim]
+            if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+                raise ModelFolderError(
+                    f"{self.path.name}: {name} must have static kv_heads and head_dim, got {shape}",
+                    source=str(self.path),
+                )
+            layer = int(match.group(1))
+            specs[layer] = CacheSpec(layer, shape[1], shape[3], self.input_dtype(name))
+        return [specs[k] for k in sorted(specs)]
+
+    def empty_cache(self) -> KVCache:
+        import onnxruntime as ort
+
+        values = {}
+        for spec in self.cache_specs:
+            empty = np.zeros((1, spec.kv_heads, 0, spec.head_dim), dtype=spec.dtype)
+            for kind in ("key", "value"):
+                values[f"past_key_values.{spec.layer}.{kind}"] = ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
+        return KVCache(values, 0)
+
+    def forward(self, feeds: dict, cache: KVCache, seq_len: int) -> np.ndarray:
+        """Run ``seq_len`` new positions; ``feeds`` holds inputs_embeds / per_layer_inputs / input_ids as
+        numpy arrays or OrtValues. Updates ``cache`` in place and returns the last position's logits."""
+        import onnxruntime as ort
+
+        total = cache.length + seq_len
+        arrays = {
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(cache.length, total, dtype=np.int64).reshape(1, seq_len),
+        }
+        if self.keeps_logits:
+            arrays["num_logits_to_keep"] = np.array(1, dtype=np.int64)
+        binding = self.session.io_binding()
+        keep_alive = []
+        for name, value in {**feeds, **arrays}.items():
+            if name not in self.inputs:
+                continue
+            if isinstance(value, np.ndarray):
+                value = np.ascontiguousarray(value, dtype=self.input_dtype(name))
+                keep_alive.append(value)
+                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
+            binding.bind_ortvalue_input(name, value)
+        for name, value in cache.values.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        for name in cache.values:
+            cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
+        cache.length = total
+        logits = outputs["logits"].numpy()
+        return logits.reshape(-1, logits.shape[-1])[-1]
