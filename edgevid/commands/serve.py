@@ -1,0 +1,93 @@
+"""``edgevid serve``: the OpenAI chat-completions API (with video) over a model folder, on waitress."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from edgevid.server.config import DEFAULT_MAX_MEDIA_BYTES
+
+log = logging.getLogger(__name__)
+
+
+@click.command("serve")
+@click.option("-m", "--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model folder written by `edgevid export`.")
+@click.option("--demo", is_flag=True,
+              help="If MODEL_DIR holds no model yet, build the tiny random-weight demo model there first "
+                   "(needs edgevid[export]).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=1234, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 picks a free one (the banner shows it).")
+@click.option("--api-key", envvar="EDGEVID_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every /v1 route (or set EDGEVID_API_KEY).")
+@click.option("--allowed-local-media-path", "local_dirs", multiple=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="Folder whose files requests may name by path or file:// (repeatable). Default: none.")
+@click.option("--allowed-media-domains", "domains", multiple=True,
+              help="Only fetch media from these hosts (repeatable, or comma-separated). Default: any host.")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Allow media URLs on loopback, private and link-local addresses (refused by default).")
+@click.option("--max-media-bytes", default=DEFAULT_MAX_MEDIA_BYTES, show_default=True,
+              type=click.IntRange(min=1), help="Cap on each download, data URL or local file.")
+@click.option("--max-frames", default=32, show_default=True, type=click.IntRange(1, 1024),
+              help="Most frames per video a request may ask for (num_frames).")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Requests that may wait behind the running one; more are answered 503.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda, directml or openvino.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, int8 or q4 graphs.")
+@click.option("--model-name", default=None, help="Name served in /v1/models (default: the folder name).")
+def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_private_urls, max_media_bytes,
+          max_frames, queue_size, device, precision, model_name):
+    """Serve the OpenAI chat-completions API with video input."""
+    from edgevid.pipeline import Pipeline
+    from edgevid.server.app import create_app
+    from edgevid.server.config import ServerConfig, server_policy
+    from edgevid.server.http_server import HttpServer
+
+    if demo:
+        _ensure_demo_model(model_dir)
+    domains = tuple(d.strip() for item in domains for d in item.split(",") if d.strip())
+    policy = server_policy(local_dirs=tuple(local_dirs), domains=domains or None,
+                           allow_private_urls=allow_private_urls, max_bytes=max_media_bytes)
+    pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy)
+    config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
+                          queue_size=queue_size)
+    app = create_app(pipeline, config)
+    server = HttpServer(app, host=host, port=port)
+    _stop_on_signals(server)
+    state = app.extensions["edgevid"]
+    click.echo(f"edgevid serving '{state.limits.model_name}' at {server.url}/v1 "
+               f"(provider {state.provider}, {precision}; "
+               f"{'API key required' if api_key else 'no API key'}; Ctrl-C stops)", err=False)
+    server.serve_forever()
+
+
+def _stop_on_signals(server) -> None:
+    def stop(signum, frame):
+        log.info("signal %s: shutting down", signum)
+        server.shutdown()
+
+    signal.signal(signal.SIGINT, stop)
+    if os.name != "nt":
+        signal.signal(signal.SIGTERM, stop)
+    elif hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, stop)
+
+
+def _ensure_demo_model(model_dir: Path) -> None:
+    if (model_dir / "edgevid.json").is_file():
+        return
+    try:
+        from edgevid_export.convert import export_model
+        from edgevid_export.demo import build_demo_checkpoint
+    except ImportError as exc:
+        raise click.ClickException(f"--demo builds the demo model with the export tools ({exc}); "
+                                   'install them with: pip install "edgevid[export]"') from None
+    click.echo(f"building the demo model into {model_dir} ...", err=True)
+    checkpoint = build_demo_checkpoint(model_dir / "checkpoint")
+    export_model(checkpoint, model_dir, progress=lambda msg: click.echo(msg, err=True))

@@ -1,0 +1,221 @@
+"""The Flask application: OpenAI chat completions (whole and streamed), models, health.
+
+Routes reach the model only through the :class:`ServerState` stored on the app, never module globals.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from edgevid import __version__
+from edgevid.errors import EdgevidError
+from edgevid.server.config import ServerConfig
+from edgevid.server.decode_media import decode_request_media
+from edgevid.server.errors import (AuthenticationError, InvalidValueError, ModelNotFoundError,
+                                   error_payload, http_error_payload)
+from edgevid.server.request import ChatRequest, RequestLimits, parse_chat_request
+from edgevid.server.responses import DONE, PING, Completion, sse
+from edgevid.server.worker import Job, ModelWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    limits: RequestLimits
+    worker: ModelWorker
+    provider: str
+    fingerprint: str
+    started: int
+
+
+def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
+    """A Flask app serving ``pipeline``; its model worker thread starts here (stop it with
+    ``app.extensions["edgevid"].worker.stop()``)."""
+    config = config or ServerConfig()
+    name = config.model_name or pipeline.model_name
+    provider = str(getattr(pipeline, "provider", "unknown"))
+    limits = RequestLimits(model_name=name, max_frames=config.max_frames,
+                           default_frames=min(model_default_frames(pipeline), config.max_frames),
+                           max_media_bytes=config.policy.max_bytes,
+                           default_max_tokens=config.default_max_tokens)
+    worker = ModelWorker(pipeline, queue_size=config.queue_size, policy=config.policy).start()
+    state = ServerState(config=config, limits=limits, worker=worker, provider=provider,
+                        fingerprint=f"edgevid-{__version__}-{provider}", started=int(time.time()))
+    app = Flask("edgevid.server")
+    app.config["MAX_CONTENT_LENGTH"] = config.body_limit
+    app.json.sort_keys = False
+    app.extensions["edgevid"] = state
+    app.before_request(_check_api_key)
+    app.add_url_rule("/v1/chat/completions", view_func=chat_completions, methods=["POST"])
+    app.add_url_rule("/v1/models", view_func=list_models, methods=["GET"])
+    app.add_url_rule("/v1/models/<path:model_id>", view_func=get_model, methods=["GET"])
+    app.add_url_rule("/health", view_func=health, methods=["GET"])
+    app.register_error_handler(EdgevidError, _edgevid_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def model_default_frames(pipeline) -> int:
+    for attr in ("default_num_frames", "num_frames"):
+        value = getattr(pipeline, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 32
+
+
+def _state() -> ServerState:
+    return current_app.extensions["edgevid"]
+
+
+# ---- routes --------------------------------------------------------------------------------------------
+def chat_completions():
+    state = _state()
+    req = parse_chat_request(_json_body(), state.limits)
+    ticket = state.worker.admit()
+    try:
+        messages = decode_request_media(req, state.config.policy)
+        job = state.worker.submit(ticket, messages, req.options, stream=req.stream)
+    except BaseException:
+        ticket.release()
+        raise
+    completion = Completion(model=req.model, system_fingerprint=state.fingerprint)
+    if not req.stream:
+        return _whole_response(job, completion)
+    first = job.next_event(timeout=state.config.keepalive_seconds)
+    if first is not None and first[0] == "error":   # failed before anything was sent: a real status
+        raise first[1]
+    events = _sse_events(job, first, completion, req, state.config.keepalive_seconds)
+    return Response(events, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def list_models():
+    return jsonify({"object": "list", "data": [_model_card(_state())]})
+
+
+def get_model(model_id: str):
+    card = _model_card(_state())
+    if model_id not in (card["id"], "default"):
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist; this server serves '{card['id']}'",
+                                 param="model")
+    return jsonify(card)
+
+
+def health():
+    state = _state()
+    worker = state.worker
+    return jsonify({"status": "ok", "model": state.limits.model_name, "provider": state.provider,
+                    "queue": {"capacity": worker.capacity, "in_use": worker.slots_in_use, "busy": worker.busy},
+                    "requests": {"completed": worker.stats.completed, "cancelled": worker.stats.cancelled,
+                                 "failed": worker.stats.failed}})
+
+
+def _model_card(state: ServerState) -> dict:
+    return {"id": state.limits.model_name, "object": "model", "created": state.started, "owned_by": "edgevid"}
+
+
+# ---- chat helpers --------------------------------------------------------------------------------------
+def _json_body() -> object:
+    raw = request.get_data(cache=False)          # 413 above MAX_CONTENT_LENGTH, before parsing
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidValueError(f"the request body is not valid JSON ({exc})") from None
+
+
+def _whole_response(job: Job, completion: Completion):
+    kind, value = job.events.get()
+    if kind == "error":
+        raise value
+    body = completion.body(value.text, value.finish_reason, value.prompt_tokens, value.completion_tokens)
+    return jsonify(body)
+
+
+def _sse_events(job: Job, event, completion: Completion, req: ChatRequest, keepalive: float):
+    """SSE text; pings while the worker is busy elsewhere or prefilling; cancels the job if the client
+    goes away (waitress then closes this generator and ``finally`` runs)."""
+    usage = req.include_usage
+    prompt_tokens = 0
+    try:
+        while True:
+            if event is None:
+                yield PING
+            else:
+                kind, value = event
+                if kind == "start":
+                    prompt_tokens = value
+                    yield completion.chunk({"role": "assistant", "content": ""}, include_usage=usage)
+                elif kind == "piece" and value.text:
+                    yield completion.chunk({"content": value.text}, include_usage=usage)
+                elif kind == "end":
+                    finish, completion_tokens = value
+                    yield completion.chunk({}, finish, include_usage=usage)
+                    if usage:
+                        yield completion.usage_chunk(prompt_tokens, completion_tokens)
+                    yield DONE
+                    return
+                elif kind == "error":
+                    yield sse(error_payload(value))
+                    yield DONE
+                    return
+            event = job.next_event(timeout=keepalive)
+    finally:
+        job.cancel()
+
+
+# ---- auth and errors -----------------------------------------------------------------------------------
+def _check_api_key():
+    key = _state().config.api_key
+    if key is None or not request.path.startswith("/v1/"):
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not header:
+        raise AuthenticationError("You didn't provide an API key: send 'Authorization: Bearer <key>'")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+        raise AuthenticationError("Incorrect API key provided")
+    return None
+
+
+def _edgevid_error(err: EdgevidError):
+    if err.status >= 500:
+        log.error("request failed: %s", err)
+    response = jsonify(error_payload(err))
+    response.status_code = err.status
+    if err.status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def _http_error(exc: HTTPException):
+    status = exc.code or 500
+    if status == 404:
+        message = f"Unknown request URL: {request.method} {request.path}"
+    elif status == 405:
+        message = f"Method {request.method} is not allowed on {request.path}"
+    elif status == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = f"the request body is larger than this server's limit of {limit} bytes"
+    else:
+        message = exc.description or exc.name
+    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+        status, exc.name.lower().replace(" ", "_"))
+    response = jsonify(http_error_payload(status, message, code))
+    response.status_code = status
+    if status == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _unexpected_error(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return jsonify(http_error_payload(500, "internal server error; see the server log", "internal_error")), 500

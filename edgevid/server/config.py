@@ -1,0 +1,36 @@
+"""What ``edgevid serve`` is configured with, and the safe-by-default media policy built from its flags."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from edgevid.media import SourcePolicy
+
+DEFAULT_MAX_MEDIA_BYTES = 64 * 2**20
+
+
+def server_policy(*, local_dirs: tuple[str, ...] = (), domains: tuple[str, ...] | None = None,
+                  allow_private_urls: bool = False, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> SourcePolicy:
+    """No local files unless a folder is named; no loopback/private/link-local URLs unless asked."""
+    dirs = tuple(os.path.realpath(d) for d in local_dirs)
+    return SourcePolicy(max_bytes=max_bytes, allow_local=bool(dirs), allowed_local_dirs=dirs or None,
+                        allow_remote=True, allow_private_urls=allow_private_urls,
+                        allowed_domains=tuple(domains) if domains else None)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_name: str | None = None          # None = the model folder's name
+    api_key: str | None = None             # None = no key needed
+    policy: SourcePolicy = field(default_factory=server_policy)
+    max_frames: int = 32                   # cap on frames per video a request may ask for
+    queue_size: int = 16                   # requests that may wait behind the running one
+    keepalive_seconds: float = 5.0         # ": ping" interval while a stream waits for the model
+    default_max_tokens: int = 256
+    max_body_bytes: int | None = None      # None = room for two data URLs at the media cap, + 1 MiB
+
+    @property
+    def body_limit(self) -> int:
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return 2 * (self.policy.max_bytes * 4 // 3 + 4) + 2**20
