@@ -112,3 +112,10 @@ class ContextLengthError(InvalidRequestError):
 class ExportError(EdgevidError):
     """The export failed, including a failed parity gate."""
     code = "export_failed"
+
+
+# ---- live streams (edgevid watch) -----------------------------------------------------------------
+class StreamUnavailableError(MediaError):
+    """A live source (stream URL, camera) could not be opened or delivered no frame in time."""
+    status = 502
+    code = "stream_unavailable"

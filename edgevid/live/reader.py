@@ -62,7 +62,7 @@ class StreamReader(threading.Thread):
         self.connected_once = threading.Event()
         self.finished = threading.Event()         # file ended or stop() was called
         self.failure: str | None = None           # why a file could not be read at all
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._events: deque[StreamEvent] = deque(maxlen=256)
         self._gaps: deque[Gap] = deque(maxlen=64)
         self._lock = threading.Lock()
@@ -73,7 +73,7 @@ class StreamReader(threading.Thread):
 
     # ---- API for the watch loop ---------------------------------------------------------------------
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def drain_events(self) -> list[StreamEvent]:
         with self._lock:
@@ -89,7 +89,7 @@ class StreamReader(threading.Thread):
     def run(self) -> None:
         try:
             backoff = self.options.backoff_initial
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 capture = open_capture(self.source, open_timeout=self.options.open_timeout,
                                        read_timeout=self.options.read_timeout)
                 if capture is None:
@@ -99,7 +99,7 @@ class StreamReader(threading.Thread):
                     self._attempts += 1
                     if self._attempts == 1 and not self.connected_once.is_set():
                         self._event("open_failed", reason="cannot open", retry_in_s=round(backoff, 2))
-                    self._stop.wait(backoff)
+                    self._halt.wait(backoff)
                     backoff = min(backoff * 2, self.options.backoff_max)
                     continue
                 try:
@@ -111,7 +111,7 @@ class StreamReader(threading.Thread):
                     break
                 if got_frames:
                     backoff = self.options.backoff_initial
-                if not self._stop.is_set():
+                if not self._halt.is_set():
                     if not self.connected_once.is_set():
                         self._attempts += 1          # opened but never delivered a frame
                     elif self._lost_at is None:
@@ -120,7 +120,7 @@ class StreamReader(threading.Thread):
                         self._event("stream_lost", reason="read failed or timed out", last_frame_t=self._last_t)
                     else:
                         self._attempts += 1          # reopened but no frame came
-                    self._stop.wait(backoff)
+                    self._halt.wait(backoff)
                     backoff = min(backoff * 2, self.options.backoff_max)
         except Exception as exc:      # a crash in the reader must not leave the watch loop waiting
             log.exception("stream reader crashed")
@@ -134,7 +134,7 @@ class StreamReader(threading.Thread):
         next_keep = float("-inf")
         play_start = self.clock()
         got = False
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             if not capture.grab():
                 return got
             self._seq += 1
@@ -148,7 +148,7 @@ class StreamReader(threading.Thread):
             ok, bgr = capture.retrieve()
             if not ok or bgr is None:
                 return got
-            if self.source.paced and self._stop.wait(max(0.0, t - self.clock())):
+            if self.source.paced and self._halt.wait(max(0.0, t - self.clock())):
                 return got
             if not got:
                 got = True

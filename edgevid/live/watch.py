@@ -1,0 +1,195 @@
+"""The watch loop: every ``every`` seconds, sample the last ``window`` of a live source and ask the model.
+
+    reader, ring = start_reader("rtsp://cam/stream", WatchOptions(every=10, window=30, num_frames=16))
+    WatchLoop(reader, ask=lambda video: pipeline.chat(...).text, emit=print_record, options=...).run()
+
+The model runs on the calling thread while a :class:`StreamReader` thread keeps the ring filled. When an
+answer takes longer than ``every``, the ticks that passed are skipped and reported (the latest one runs
+at once) instead of queueing. ``stop`` (an Event, set by a signal handler) ends the loop after the
+current window. Records are plain dicts handed to ``emit``: windows and events, with wall-clock ISO times.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from edgevid.errors import InvalidRequestError, StreamUnavailableError, UnreadableMediaError
+from edgevid.live.reader import ReaderOptions, StreamEvent, StreamReader
+from edgevid.live.ring import FrameRing
+from edgevid.live.source import parse_source
+from edgevid.live.window import sample_window
+
+log = logging.getLogger(__name__)
+POLL = 0.05     # seconds between checks of stop / end of file while waiting for the next tick
+
+
+@dataclass
+class WatchOptions:
+    every: float = 10.0            # seconds between windows
+    window: float = 30.0           # seconds of video per window
+    num_frames: int = 16           # frames sampled per window
+    max_windows: int | None = None # stop after this many answered windows
+    fps: float | None = None       # frames kept per second in the ring; None = enough for num_frames
+    connect_timeout: float = 30.0  # give up when the source delivers no first frame in this time
+
+    def validate(self) -> "WatchOptions":
+        if not self.every > 0 or not self.window > 0:
+            raise InvalidRequestError(f"--every and --window must be > 0 (got {self.every}, {self.window})")
+        if self.num_frames < 1:
+            raise InvalidRequestError(f"--num-frames must be >= 1 (got {self.num_frames})")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise InvalidRequestError(f"--max-windows must be >= 1 (got {self.max_windows})")
+        return self
+
+    def ring_fps(self) -> float:
+        """A few frames per second: twice what ``num_frames`` over ``window`` needs, 2..15 fps."""
+        return self.fps or min(max(2.0, 2.0 * self.num_frames / self.window), 15.0)
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    windows: int            # answered
+    skipped: int            # ticks skipped because the model was busy, or no frames came
+    reason: str             # "stopped" | "max_windows" | "ended"
+
+
+def start_reader(source: str, options: WatchOptions, reader_options: ReaderOptions | None = None,
+                 *, clock=time.monotonic) -> tuple[StreamReader, FrameRing]:
+    """A (not yet started) reader for ``source`` and the ring it fills, sized for one window."""
+    options.validate()
+    live = parse_source(source)
+    reader_options = reader_options or ReaderOptions()
+    reader_options.fps = options.ring_fps()
+    max_age = options.window * 1.05 + 1.0
+    ring = FrameRing(max_age=max_age, max_frames=math.ceil(max_age * reader_options.fps) + 2)
+    return StreamReader(live, ring, reader_options, clock=clock), ring
+
+
+class WatchLoop:
+    def __init__(self, reader: StreamReader, ring: FrameRing, *, ask: Callable, emit: Callable[[dict], None],
+                 options: WatchOptions, stop: threading.Event | None = None, clock=time.monotonic):
+        self.reader, self.ring, self.ask, self.emit = reader, ring, ask, emit
+        self.options = options.validate()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self._wall_offset = time.time() - clock()
+        self._origin = 0.0
+        self._last_end = float("-inf")
+        self.windows = self.skipped = 0
+
+    def iso(self, t: float) -> str:
+        return datetime.fromtimestamp(t + self._wall_offset).astimezone().isoformat(timespec="milliseconds")
+
+    # ---- loop ---------------------------------------------------------------------------------------
+    def run(self) -> WatchSummary:
+        if not self.reader.is_alive() and not self.reader.finished.is_set():
+            self.reader.start()
+        try:
+            reason = self._loop() if self._wait_connected() else "stopped"
+        finally:
+            self.reader.stop()
+            self.reader.join(timeout=self.reader.options.read_timeout + 2)
+            self._flush_events()
+        summary = WatchSummary(self.windows, self.skipped, reason)
+        self.emit({"event": "stopped", "time": self.iso(self.clock()), "reason": reason,
+                   "windows": summary.windows, "skipped": summary.skipped})
+        return summary
+
+    def _wait_connected(self) -> bool:
+        deadline = self.clock() + self.options.connect_timeout
+        while not self.reader.connected_once.wait(POLL):
+            self._flush_events()
+            if self.stop.is_set():
+                return False
+            if self.reader.finished.is_set() or self.clock() > deadline:
+                self._raise_unavailable()
+        self._origin = self.clock()
+        return True
+
+    def _raise_unavailable(self):
+        source = self.reader.source
+        if source.paced:
+            raise UnreadableMediaError(f"cannot read video frames ({self.reader.failure or 'no frames'})",
+                                       source=source.text)
+        raise StreamUnavailableError(
+            f"no frames from the stream within {self.options.connect_timeout:g} s", source=source.text)
+
+    def _loop(self) -> str:
+        every = self.options.every
+        tick = self._origin + every
+        while True:
+            ended = self._wait_until(tick)
+            if self.stop.is_set():
+                return "stopped"
+            self._flush_events()
+            latest = self.ring.latest()
+            if ended and (latest is None or latest.t <= self._last_end):
+                if self.reader.failure:
+                    raise StreamUnavailableError(self.reader.failure, source=self.reader.source.text)
+                return "ended"
+            self._run_window()
+            if self.options.max_windows and self.windows >= self.options.max_windows:
+                return "max_windows"
+            tick = self._next_tick(tick)
+
+    def _wait_until(self, tick: float) -> bool:
+        """Sleep until ``tick``, a stop, or the end of a file; returns whether the source ended."""
+        while True:
+            if self.reader.finished.is_set():
+                return True
+            remaining = tick - self.clock()
+            if remaining <= 0 or self.stop.wait(min(remaining, POLL)):
+                return self.reader.finished.is_set()
+
+    def _next_tick(self, tick: float) -> float:
+        now, every = self.clock(), self.options.every
+        due = int((now - tick) // every)          # ticks that came while the model was busy
+        if self.reader.finished.is_set():
+            return now                             # a file ended: its last window runs at once
+        if due < 1:
+            return tick + every
+        if due > 1:
+            self.skipped += due - 1
+            self.emit({"event": "windows_skipped", "time": self.iso(now), "count": due - 1,
+                       "reason": f"the model took longer than --every {every:g} s"})
+        return tick + due * every                  # the latest due tick, run at once
+
+    def _run_window(self) -> None:
+        end = self.clock()
+        start = max(end - self.options.window, self._origin)
+        frames = self.ring.window(start, end)
+        video = sample_window(frames, start, end, self.options.num_frames, source=self.reader.source.text)
+        if video is None:
+            self.skipped += 1
+            self.emit({"event": "window_skipped", "time": self.iso(end), "reason": "no frames in the window",
+                       "window_start": self.iso(start), "window_end": self.iso(end)})
+            self._last_end = end
+            return
+        began = time.perf_counter()
+        text = self.ask(video)
+        latency = time.perf_counter() - began
+        self.windows += 1
+        self._last_end = end
+        gaps = [{"start": self.iso(g.start), "end": self.iso(g.end), "seconds": round(g.seconds, 3)}
+                for g in self.reader.gaps_between(start, end)]
+        self.emit({"window": self.windows, "window_start": self.iso(start), "window_end": self.iso(end),
+                   "frames": int(len(video.frames)), "text": text, "latency_s": round(latency, 3),
+                   "gaps": gaps})
+
+    def _flush_events(self) -> None:
+        for event in self.reader.drain_events():
+            self.emit(self._event_record(event))
+
+    def _event_record(self, event: StreamEvent) -> dict:
+        record = {"event": event.kind, "time": self.iso(event.t)}
+        for name, value in event.detail.items():
+            if name.endswith("_t"):
+                record[name[:-2]] = None if value is None else self.iso(value)
+            else:
+                record[name] = value
+        return record
