@@ -82,12 +82,14 @@ def frame_id(rgb: np.ndarray) -> int:
 def write_clip(path, *, frames: int = 48, fps: float = 24, size: tuple[int, int] = (160, 120),
                codec: str | None = None, container: str | None = None, pix_fmt: str | None = None,
                pts: list[float] | None = None, gop: int | None = None, rotation: int = 0,
-               texture: bool = False, options: dict | None = None, start: int = 0) -> Path:
+               texture: bool = False, options: dict | None = None, start: int = 0,
+               faststart: bool = False) -> Path:
     """Encode a real clip whose frame i shows ``frame_id`` i (+ ``start``); returns the path.
 
     ``pts``: presentation time of each frame in seconds (variable frame rate; ``frames`` is then
     ``len(pts)``). ``gop``: keyframe interval. ``rotation``: counter-clockwise degrees written as the
     stream's display matrix (players and OpenCV rotate by it). ``options``: extra encoder options.
+    ``faststart``: MP4/MOV index (moov) before the data, so a truncated copy still opens.
     """
     path = Path(path)
     fmt, default_codec, default_pix = CONTAINERS.get(path.suffix.lower(), ("mp4", "libx264", "yuv420p"))
@@ -96,7 +98,8 @@ def write_clip(path, *, frames: int = 48, fps: float = 24, size: tuple[int, int]
     if pts is not None:
         frames = len(pts)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w", format=container or fmt) as out:
+    container_options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", format=container or fmt, options=container_options) as out:
         stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height = size
         stream.pix_fmt = pix_fmt
@@ -190,9 +193,14 @@ def probe_frames(path) -> list[tuple[int, float]]:
     with av.open(str(path)) as inp:
         stream = inp.streams.video[0]
         start = stream.start_time or 0
-        for frame in inp.decode(stream):
-            seconds = float((frame.pts - start) * frame.time_base) if frame.pts is not None else float("nan")
-            result.append((frame_id(frame.to_ndarray(format="rgb24")), seconds))
+        for packet in inp.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:        # a damaged packet (truncated file): skip it as players do
+                continue
+            for frame in frames:
+                seconds = float((frame.pts - start) * frame.time_base) if frame.pts is not None else float("nan")
+                result.append((frame_id(frame.to_ndarray(format="rgb24")), seconds))
     return result
 
 
