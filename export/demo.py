@@ -193,3 +193,86 @@ def _check_ids(tokenizer_json: Path) -> None:
     for i, (_, text) in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(text) != i:
             raise RuntimeError(f"demo tokenizer: {text} has id {tok.token_to_id(text)}, expected {i}")
+
+
+# ---- checkpoint ----------------------------------------------------------------------------------------
+# E2B pattern scaled down: sliding layers with head dim 16, full layers with 32; the last three layers read
+# the KV cache of the first three (one producer of each attention type, as in E2B's 15 producers / 20 users).
+DEMO_LAYER_TYPES = ("sliding_attention", "sliding_attention", "full_attention",
+                    "sliding_attention", "sliding_attention", "full_attention")
+DEMO_SLIDING_WINDOW = 128
+DEMO_CONTEXT = 8192
+
+
+def demo_config():
+    """``Gemma4Config`` for the demo model: E2B's features at toy width, vocabulary of the demo tokenizer."""
+    from transformers import Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig
+
+    ids = demo_token_ids()
+    eos = [ids.eos, ids.end_of_turn]
+    text = Gemma4TextConfig(
+        vocab_size=ids.vocab_size, vocab_size_per_layer_input=ids.vocab_size,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=len(DEMO_LAYER_TYPES),
+        layer_types=list(DEMO_LAYER_TYPES), num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, global_head_dim=32, sliding_window=DEMO_SLIDING_WINDOW,
+        max_position_embeddings=DEMO_CONTEXT, hidden_size_per_layer_input=16, num_kv_shared_layers=3,
+        use_double_wide_mlp=True, final_logit_softcapping=30.0, initializer_range=0.1,
+        pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos,
+    )
+    vision = Gemma4VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, patch_size=16, pooling_kernel_size=3,
+        position_embedding_size=1024, initializer_range=0.1,
+    )
+    return Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None,
+        boi_token_id=ids.boi, eoi_token_id=ids.eoi, image_token_id=ids.image, video_token_id=ids.video,
+        audio_token_id=ids.audio, boa_token_id=ids.boa, eoa_token_index=ids.eoa,
+        pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos, tie_word_embeddings=True,
+    )
+
+
+def build_demo_model(seed: int = 0):
+    """Random-weight ``Gemma4ForConditionalGeneration`` (fp32, eval), identical for the same ``seed``.
+
+    Weights that start as all ones or all zeros (norm scales, layer scalars, biases) are drawn at random
+    too, so an exporter that drops one of them cannot pass a parity check by luck.
+    """
+    import torch
+    from transformers import Gemma4ForConditionalGeneration
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma4ForConditionalGeneration(demo_config()).eval()
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, tensor in model.state_dict(keep_vars=True).items():
+                if not tensor.is_floating_point() or tensor.numel() == 0 or "inv_freq" in name:
+                    continue
+                if bool((tensor == 1).all()):
+                    tensor.copy_(1.0 + 0.2 * torch.randn(tensor.shape, generator=generator))
+                elif bool((tensor == 0).all()):
+                    tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
+    return model
+
+
+def build_demo_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save the demo model, tokenizer, chat template, processor config and generation config to ``out_dir``.
+
+    The folder is an ordinary Hugging Face checkpoint: ``Gemma4ForConditionalGeneration.from_pretrained``,
+    ``AutoTokenizer`` and ``AutoProcessor`` (with torchvision) load it. Returns ``out_dir`` as a Path.
+    """
+    from transformers import GenerationConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = demo_token_ids()
+    model = build_demo_model(seed)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids.bos, pad_token_id=ids.pad,
+        eos_token_id=[ids.eos, ids.end_of_turn, ids.tool_response],
+        do_sample=False, max_new_tokens=64,
+    )
+    model.save_pretrained(out)
+    build_demo_tokenizer(out)
+    return out
