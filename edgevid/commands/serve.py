@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from pathlib import Path
 
 import click
 
@@ -14,11 +13,8 @@ log = logging.getLogger(__name__)
 
 
 @click.command("serve")
-@click.option("-m", "--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Model folder written by `edgevid export`.")
-@click.option("--demo", is_flag=True,
-              help="If MODEL_DIR holds no model yet, build the tiny random-weight demo model there first "
-                   "(needs edgevid[export]).")
+@click.option("-m", "--model", "model_dir", default=None, help="Model folder written by `edgevid export`.")
+@click.option("--demo", is_flag=True, help="Serve the demo model bundled with edgevid (if this install ships one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=1234, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on; 0 picks a free one (the banner shows it).")
@@ -49,8 +45,9 @@ def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_priva
     from edgevid.server.config import ServerConfig, server_policy
     from edgevid.server.http_server import HttpServer
 
-    if demo:
-        _ensure_demo_model(model_dir)
+    from edgevid.commands.run import resolve_model_dir
+
+    model_dir = resolve_model_dir(model_dir, demo)
     domains = tuple(d.strip() for item in domains for d in item.split(",") if d.strip())
     policy = server_policy(local_dirs=tuple(local_dirs), domains=domains or None,
                            allow_private_urls=allow_private_urls, max_bytes=max_media_bytes)
@@ -78,16 +75,3 @@ def _stop_on_signals(server) -> None:
     elif hasattr(signal, "SIGBREAK"):
         signal.signal(signal.SIGBREAK, stop)
 
-
-def _ensure_demo_model(model_dir: Path) -> None:
-    if (model_dir / "edgevid.json").is_file():
-        return
-    try:
-        from edgevid_export.convert import export_model
-        from edgevid_export.demo import build_demo_checkpoint
-    except ImportError as exc:
-        raise click.ClickException(f"--demo builds the demo model with the export tools ({exc}); "
-                                   'install them with: pip install "edgevid[export]"') from None
-    click.echo(f"building the demo model into {model_dir} ...", err=True)
-    checkpoint = build_demo_checkpoint(model_dir / "checkpoint")
-    export_model(checkpoint, model_dir, progress=lambda msg: click.echo(msg, err=True))
