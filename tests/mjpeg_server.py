@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
-from tests.clips import frame_image
+from clips import frame_image
 
 BOUNDARY = "edgevidframe"
 

@@ -65,7 +65,7 @@ def start_reader(source: str, options: WatchOptions, reader_options: ReaderOptio
     live = parse_source(source)
     reader_options = reader_options or ReaderOptions()
     reader_options.fps = options.ring_fps()
-    max_age = options.window * 1.05 + 1.0
+    max_age = options.window * 1.05 + 0.1         # the window is [now - window, now] and now >= newest
     ring = FrameRing(max_age=max_age, max_frames=math.ceil(max_age * reader_options.fps) + 2)
     return StreamReader(live, ring, reader_options, clock=clock), ring
 

@@ -1,8 +1,9 @@
 """Turn the frames of a time window into the ``SampledVideo`` the model reads.
 
 ``num_frames`` targets are spread uniformly over ``[start, end]`` (the centre of each of ``num_frames``
-equal slices) and each takes the nearest frame captured in the window; a frame is never used twice,
-so a window that spans an outage carries fewer frames rather than repeated ones. Timestamps are
+equal slices) and each takes the nearest frame captured in the window. A frame is never used twice:
+when a window spans an outage and targets would share frames, the frames are instead taken uniformly
+by index (``floor(i * count / n)``, the rule for files). Timestamps are
 relative to the window start, so the prompt's ``mm:ss`` labels count from the window's beginning.
 """
 from __future__ import annotations
@@ -21,8 +22,10 @@ def pick_uniform(times: np.ndarray, start: float, end: float, num_frames: int) -
     targets = start + (np.arange(num_frames) + 0.5) * (end - start) / num_frames
     right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1)
     left = right - 1
-    nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
-    return np.unique(nearest)
+    nearest = np.unique(np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right))
+    if len(nearest) < num_frames:       # frames bunched around an outage: spread over the frames instead
+        return (np.arange(num_frames) * len(times)) // num_frames
+    return nearest
 
 
 def sample_window(frames: list[Frame], start: float, end: float, num_frames: int, *,
