@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edgevid.errors import ContextLengthError, InvalidRequestError
-from edgevid.model.generate import GenerationOptions, StopStrings, check_context, generate, stream_generate
+from edgevid.model.generate import GenerationOptions, check_context, generate, stream_generate
 from edgevid.model.sampling import keep_top_k, keep_top_p, make_sampler
 
 
@@ -89,14 +89,13 @@ def test_context_check():
         check_context(100, 29, 128)
 
 
-def test_stop_strings_across_pieces_hold_back_prefixes():
-    stops = StopStrings(["</end>"])
-    assert stops.feed("hello </") == ("hello ", False)
-    assert stops.feed("en") == ("", False)
-    assert stops.feed("d> tail") == ("", True)
-    stops = StopStrings(["</end>"])
-    assert stops.feed("a </") == ("a ", False)
-    assert stops.feed("b>") == ("</b>", False)
+def test_stop_string_split_over_tokens_is_held_back_then_cut():
+    table = {20: "hello </", 21: "en", 22: "d> tail", 23: "b>"}
+    pieces = list(stream_generate(iter([20, 21, 22]), DictDetokenizer(table), GenerationOptions(stop="</end>"), [1]))
+    assert [p.text for p in pieces] == ["hello ", "", ""]
+    assert pieces[-1].finish_reason == "stop"
+    pieces = list(stream_generate(iter([20, 23]), DictDetokenizer(table), GenerationOptions(stop="</end>", max_tokens=2), [1]))
+    assert "".join(p.text for p in pieces) == "hello </b>" and pieces[-1].finish_reason == "length"
 
 
 class DictDetokenizer:

@@ -5,7 +5,8 @@
    the generator stops generation.
 2. ``stream_generate(steps, detokenizer, options, eos_ids)`` — yields :class:`TextPiece` s; the last
    one carries ``finish_reason`` ("stop" on an EOS id or a stop string, "length" at ``max_tokens``).
-   Text that might be the start of a stop string is held back until it is known not to be one.
+   Text that might be the start of a stop string is held back until it is known not to be one
+   (``edgevid.model.tokenizer.StopMatcher``).
 3. ``generate(...)`` — joins the pieces into a :class:`GenerationResult`.
 
 :class:`GenerationOptions` is the one set of knobs the CLI flags and the HTTP body both map into; it
@@ -22,6 +23,7 @@ import numpy as np
 from edgevid.errors import ContextLengthError, InvalidRequestError
 from edgevid.model.sampling import make_sampler
 from edgevid.model.sessions import DecoderSession, EmbedSession, Embeddings
+from edgevid.model.tokenizer import StopMatcher
 
 MAX_STOP_STRINGS = 4
 MAX_NUM_FRAMES = 1024
@@ -160,59 +162,28 @@ class Detokenizer(Protocol):
     def flush(self) -> str: ...                # whatever is still pending at the end
 
 
-class StopStrings:
-    """Finds stop strings across token boundaries, holding back text that may begin one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = tuple(stops)
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        buf = self.pending + text
-        if not self.stops:
-            self.pending = ""
-            return buf, False
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.pending = ""
-            return buf[: min(hits)], True
-        hold = self._held_suffix(buf)
-        self.pending = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold], False
-
-    def finish(self, text: str) -> str:
-        out, hit = self.feed(text)
-        if not hit:
-            out += self.pending
-        self.pending = ""
-        return out
-
-    def _held_suffix(self, buf: str) -> int:
-        longest = min(len(buf), max(len(s) for s in self.stops) - 1)
-        for k in range(longest, 0, -1):
-            tail = buf[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                return k
-        return 0
-
-
 def stream_generate(steps: Iterator[int], detokenizer: Detokenizer, options: GenerationOptions,
                     eos_ids: Iterable[int]) -> Iterator[TextPiece]:
     eos = set(int(i) for i in eos_ids)
-    stops = StopStrings(options.stop)
+    stops = StopMatcher(options.stop)
+
+    def final(text: str) -> str:
+        cut = stops.push(text)
+        return cut.text if cut.stopped else cut.text + stops.flush()
+
     try:
         for count, token in enumerate(steps, start=1):
             if token in eos:
-                yield TextPiece(stops.finish(detokenizer.flush()), token, "stop")
+                yield TextPiece(final(detokenizer.flush()), token, "stop")
                 return
-            text, hit = stops.feed(detokenizer.add(token))
-            if hit:
-                yield TextPiece(text, token, "stop")
+            cut = stops.push(detokenizer.add(token))
+            if cut.stopped:
+                yield TextPiece(cut.text, token, "stop")
                 return
             if count >= options.max_tokens:
-                yield TextPiece(text + stops.finish(detokenizer.flush()), token, "length")
+                yield TextPiece(cut.text + final(detokenizer.flush()), token, "length")
                 return
-            yield TextPiece(text, token)
+            yield TextPiece(cut.text, token)
     finally:
         close = getattr(steps, "close", None)
         if close is not None:

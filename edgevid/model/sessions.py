@@ -9,7 +9,7 @@
   back step after step through IO binding: presents become the next step's pasts as OrtValues, never
   converted to numpy, and on CUDA/DirectML they stay in device memory.
 
-``merge_vision_features`` scatters the features into the placeholder positions, in order.
+``merge_vision_features`` writes each media item's features into its placeholder positions, in order.
 
 Session options (``session_options``), chosen on purpose:
 
@@ -208,19 +208,21 @@ class EmbedSession(GraphSession):
         return dict(zip(self.output_names, binding.get_outputs()))
 
 
-def merge_vision_features(input_ids: np.ndarray, inputs_embeds: np.ndarray, features: np.ndarray,
-                          placeholder_ids: Sequence[int]) -> np.ndarray:
-    """Write ``features`` rows into the placeholder positions of ``inputs_embeds`` (in order), in place."""
-    ids = np.asarray(input_ids).reshape(-1)
-    positions = np.flatnonzero(np.isin(ids, np.asarray(list(placeholder_ids), dtype=np.int64)))
-    if len(positions) != len(features):
-        raise ModelFolderError(
-            f"the prompt has {len(positions)} image/video tokens but the vision encoder returned "
-            f"{len(features)} feature rows"
-        )
-    if len(positions):
-        flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
-        flat[positions] = features.astype(flat.dtype, copy=False)
+def merge_vision_features(inputs_embeds: np.ndarray, positions: Sequence[np.ndarray],
+                          features: Sequence[np.ndarray]) -> np.ndarray:
+    """Write each media item's feature rows into its placeholder positions (in order), in place.
+
+    ``inputs_embeds`` is ``[1, seq, hidden]``; ``positions[i]`` are the prompt positions of media item
+    ``i``'s soft tokens and ``features[i]`` its ``[soft_tokens, hidden]`` vision-encoder output.
+    """
+    flat = inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
+    for where, rows in zip(positions, features, strict=True):
+        if len(where) != len(rows):
+            raise ModelFolderError(
+                f"a media item has {len(where)} soft-token positions in the prompt but the vision encoder "
+                f"returned {len(rows)} feature rows"
+            )
+        flat[where] = rows.astype(flat.dtype, copy=False)
     return inputs_embeds
 
 

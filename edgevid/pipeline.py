@@ -1,0 +1,271 @@
+"""``Pipeline``: the Python API over one model folder (used by the CLI and the server).
+
+    from edgevid.pipeline import Pipeline
+    from edgevid.model.generate import GenerationOptions
+
+    p = Pipeline.load("models/gemma-4-e2b", device="auto")
+    messages = [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "clip.mp4"}},
+        {"type": "text", "text": "What happens in this video?"}]}]
+    print(p.chat(messages, GenerationOptions(max_tokens=64)).text)
+
+    stream = p.stream(messages)          # prompt built and media decoded here
+    print(stream.prompt_tokens)
+    for piece in stream:                 # vision encoding + prefill on the first step
+        print(piece.text, end="")
+
+Media parts (``video_url``/``image_url``, or ``video``/``image`` holding a path, a ``SampledVideo`` or an
+RGB array) are resolved through ``edgevid.media`` under the pipeline's ``SourcePolicy`` (or the
+``policy=`` given to ``chat``/``stream``), with ``options.num_frames`` or the folder's default frames.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from edgevid.errors import InvalidRequestError
+from edgevid.model.generate import (
+    GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, stream_generate,
+)
+from edgevid.model.manifest import ModelFolder
+from edgevid.model.prompt import Prompt, render_prompt
+from edgevid.model.providers import installed_providers, select_providers
+from edgevid.model.sessions import (
+    DecoderSession, EmbedSession, SessionConfig, VisionEncoderSession, merge_vision_features,
+)
+from edgevid.model.tokenizer import IncrementalDetokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None            # "stop" | "length" (None only if stopped by close())
+    timings: dict = field(default_factory=dict)
+    media: tuple[dict, ...] = ()
+
+
+class Pipeline:
+    def __init__(self, folder: ModelFolder, tokenizer: Tokenizer, vision: VisionEncoderSession,
+                 embed: EmbedSession, decoder: DecoderSession, *, precision: str = "fp32", policy=None):
+        self.folder = folder
+        self.tokenizer = tokenizer
+        self.vision = vision
+        self.embed = embed
+        self.decoder = decoder
+        self.precision = precision
+        self.policy = policy
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, device: str = "auto", precision: str = "fp32", policy=None,
+             *, threads: int | None = None, session_config: SessionConfig | None = None) -> "Pipeline":
+        folder = ModelFolder.load(model_dir)
+        config = session_config or SessionConfig(threads=threads)
+        choice = select_providers(device, installed_providers(), threads=config.threads)
+        special = folder.special
+        vision = VisionEncoderSession(folder.graph_path("vision_encoder", precision), choice, config,
+                                      pooling_kernel_size=folder.vision.pooling)
+        embed = EmbedSession(folder.graph_path("embed_tokens", precision), choice, config,
+                             placeholder_ids=_placeholder_ids(folder), pad_id=special.pad)
+        decoder = DecoderSession(folder.graph_path("decoder", precision), choice, config)
+        if policy is None:
+            from edgevid.media import SourcePolicy
+
+            policy = SourcePolicy.permissive()
+        log.info("loaded %s (%s) on %s", folder.name, precision, decoder.provider)
+        return cls(folder, Tokenizer.from_folder(folder), vision, embed, decoder, precision=precision, policy=policy)
+
+    # ---- facts ---------------------------------------------------------------------------------------
+    @property
+    def provider(self) -> str:
+        return self.decoder.provider
+
+    @property
+    def model_name(self) -> str:
+        return self.folder.name
+
+    @property
+    def default_num_frames(self) -> int:
+        return self.folder.vision.num_frames
+
+    @property
+    def context_length(self) -> int:
+        return self.folder.context_length
+
+    # ---- requests ------------------------------------------------------------------------------------
+    def stream(self, messages: Sequence[Mapping], options: GenerationOptions | None = None, *,
+               policy=None) -> "ChatStream":
+        return ChatStream(self, messages, options or GenerationOptions(), policy or self.policy)
+
+    def chat(self, messages: Sequence[Mapping], options: GenerationOptions | None = None, *,
+             policy=None) -> ChatResult:
+        stream = self.stream(messages, options, policy=policy)
+        try:
+            for _ in stream:
+                pass
+        finally:
+            stream.close()
+        return stream.result()
+
+    def build_prompt(self, messages: Sequence[Mapping], options: GenerationOptions, policy=None) -> Prompt:
+        """Resolve media, render the chat template, tokenize (no graph runs)."""
+        frames = options.num_frames or self.default_num_frames
+        return render_prompt(_normalise(messages), self.folder, self.tokenizer,
+                             resolve=lambda part: resolve_media(part, frames, policy or self.policy))
+
+    def prompt_inputs(self, prompt: Prompt) -> PromptInputs:
+        """Vision-encode the prompt's media, embed its ids and merge the features in."""
+        features = [self.vision.encode(m.vision.pixel_values, m.vision.position_ids) for m in prompt.media]
+        embeddings = self.embed.embed(prompt.input_ids)
+        if features:
+            merge_vision_features(embeddings.inputs_embeds, prompt.media_positions(), features)
+        return PromptInputs(prompt.input_ids, embeddings)
+
+
+class ChatStream:
+    """One request. ``prompt_tokens`` (and ``media``) are known on construction; iterating runs the
+    vision encoder and the prefill, then yields one :class:`TextPiece` per generated token, the last
+    with ``finish_reason``. ``close()`` stops generation early."""
+
+    def __init__(self, pipeline: Pipeline, messages, options: GenerationOptions, policy):
+        if not isinstance(options, GenerationOptions):
+            raise InvalidRequestError("options must be a GenerationOptions", param="options")
+        self.pipeline = pipeline
+        self.options = options
+        self._start = time.perf_counter()
+        self.prompt = pipeline.build_prompt(messages, options, policy)
+        self.prompt_tokens = self.prompt.num_tokens
+        check_context(self.prompt_tokens, options.max_tokens, pipeline.context_length)
+        self.media = tuple(
+            {"kind": m.kind, "source": m.source, "frames": m.vision.num_frames, "soft_tokens": m.vision.total_soft_tokens}
+            for m in self.prompt.media
+        )
+        self.timings: dict[str, float | None] = {"media_s": time.perf_counter() - self._start}
+        self.token_ids: list[int] = []
+        self._text: list[str] = []
+        self.finish_reason: str | None = None
+        self._pieces: Iterator[TextPiece] | None = None
+        self._closed = False
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def __iter__(self) -> Iterator[TextPiece]:
+        return self
+
+    def __next__(self) -> TextPiece:
+        if self._closed:
+            raise StopIteration
+        if self._pieces is None:
+            self._pieces = self._generate()
+        try:
+            piece = next(self._pieces)
+        except StopIteration:
+            self._finish()
+            raise
+        self.token_ids.append(piece.token_id)
+        self._text.append(piece.text)
+        if piece.finish_reason is not None:
+            self.finish_reason = piece.finish_reason
+        return piece
+
+    def _generate(self) -> Iterator[TextPiece]:
+        p = self.pipeline
+        t0 = time.perf_counter()
+        inputs = p.prompt_inputs(self.prompt)
+        t1 = time.perf_counter()
+        self.timings["vision_s"] = t1 - t0
+        steps = decode_steps(p.decoder, p.embed, inputs, self.options.sampler())
+        detokenizer = IncrementalDetokenizer(p.tokenizer)
+        first = None
+        for piece in stream_generate(steps, detokenizer, self.options, p.folder.eos_token_ids):
+            if first is None:
+                first = time.perf_counter()
+                self.timings["prefill_s"] = first - t1
+                self.timings["ttft_s"] = first - self._start
+            yield piece
+        self._first = first
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pieces is not None:
+            self._pieces.close()
+        end = time.perf_counter()
+        first_at = self._start + (self.timings.get("ttft_s") or 0.0)
+        decode = end - first_at if self.timings.get("ttft_s") is not None else 0.0
+        self.timings["decode_s"] = decode
+        self.timings["tokens_per_s"] = (len(self.token_ids) - 1) / decode if decode > 0 and len(self.token_ids) > 1 else None
+        self.timings["total_s"] = end - self._start
+
+    def close(self) -> None:
+        """Stop generation (a client went away); safe to call twice or before iterating."""
+        self._finish()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def result(self) -> ChatResult:
+        return ChatResult(self.text, tuple(self.token_ids), self.prompt_tokens, self.completion_tokens,
+                          self.finish_reason, {k: v for k, v in self.timings.items()}, self.media)
+
+
+# ---- media --------------------------------------------------------------------------------------------
+def _placeholder_ids(folder: ModelFolder) -> list[int]:
+    ids = [folder.special.image, folder.special.video]
+    audio = folder.config.get("audio_token_id")
+    if isinstance(audio, int):
+        ids.append(audio)
+    return ids
+
+
+def _normalise(messages: Any) -> Any:
+    """``os.PathLike`` media values become strings, so the prompt layer hands them to the resolver."""
+    if not isinstance(messages, (list, tuple)):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, (list, tuple)):
+            content = [
+                {**part, part["type"]: os.fspath(part[part["type"]])}
+                if isinstance(part, Mapping) and part.get("type") in ("video", "image")
+                and isinstance(part.get(part["type"]), os.PathLike) else part
+                for part in content
+            ]
+            message = {**message, "content": content}
+        out.append(message)
+    return out
+
+
+def media_source(part: Mapping) -> Any:
+    kind = part.get("type")
+    value = part.get(kind)
+    if kind in ("video_url", "image_url"):
+        value = value.get("url") if isinstance(value, Mapping) else value
+    if not isinstance(value, (str, bytes)) or not value:
+        raise InvalidRequestError(f"a {kind} part needs a url (or path)", param="messages")
+    return value
+
+
+def resolve_media(part: Mapping, num_frames: int, policy) -> Any:
+    """A ``video_url``/``image_url`` (or path) part -> ``SampledVideo`` / uint8 RGB image via edgevid.media."""
+    from edgevid.media import load_image, sample_video
+
+    source = media_source(part)
+    if part.get("type") in ("video", "video_url"):
+        return sample_video(source, num_frames=num_frames, policy=policy)
+    return load_image(source, policy=policy)
