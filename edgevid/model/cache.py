@@ -2,15 +2,16 @@
 
 A second question about the same video (the next turn of a chat, another client sending the same clip)
 skips decoding and vision encoding. Keys are content hashes, never names: the sha256 of the media bytes
-plus everything that changes the value (frame count and sampling mode for frames; additionally the
-preprocessing and the vision graph's identity for features), so two files that share a name, or two
-clips that differ in a single frame, never share an entry.
+plus the frame count and sampling mode for frames; for features, the hash of the encoder's input
+(pixel values and positions) plus the vision graph's identity. Two files that share a name, or two clips
+that differ in a single frame, never share an entry.
 
-    cache = MediaCache(max_bytes=512 * 2**20)
-    key = frames_key(source.sha256, num_frames=32, mode="accurate")
-    video, hit = cache.frames(key, lambda: sample_video(source, 32, "accurate"))
-    fkey = features_key(key, encoder=encoder_identity(model_dir, "fp32", graph_path), preprocess="...")
-    features, hit = cache.features(fkey, lambda: vision.encode(pixels, positions))
+    cache = MediaCache(max_bytes=256 * 2**20)
+    with open_source(url, policy) as media:                 # downloads once, hashes the bytes
+        key = frames_key(media.sha256, num_frames=32, mode="accurate")
+        video, hit = cache.frames(key, lambda: sample_video(media, 32, "accurate", policy))
+    key = features_key(vision_input_key(vision_input), encoder=encoder_identity(graph_path, "fp32"))
+    features, hit = cache.features(key, lambda: session.encode(vision_input.pixel_values, ...))
 
 Entries are evicted least-recently-used by bytes. The cache is thread-safe and computes each key once:
 a request that asks for a key another thread is computing waits for that result instead of decoding the
@@ -31,7 +32,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 512 * 2**20
+DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,17 @@ def frames_key(media_sha256: str, *, num_frames: int, mode: str) -> str:
     return _digest("frames", media_sha256, f"n={int(num_frames)}", f"mode={mode}")
 
 
-def video_content_key(video: Any) -> str:
-    """Key of an already sampled video (a ``SampledVideo`` passed in by a Python caller): hashes pixels
-    and timestamps, for when there are no media bytes to hash."""
-    h = hashlib.sha256(b"sampled-video\0")
-    frames = np.ascontiguousarray(video.frames)
-    h.update(repr((frames.shape, str(frames.dtype))).encode())
-    h.update(memoryview(frames).cast("B"))
-    h.update(np.ascontiguousarray(video.timestamps, dtype=np.float64).tobytes())
+def vision_input_key(vision: Any) -> str:
+    """Key of what enters the vision encoder (a ``VisionInput``: pixel values, positions, soft tokens).
+    Hashing the encoder's input makes the features entry content-addressed whatever the media came
+    from (a file, a URL, a ``SampledVideo`` or an image passed in by a Python caller): ~70 ms for 32
+    full-size frames."""
+    h = hashlib.sha256(b"vision-input\0")
+    for array in (vision.pixel_values, vision.position_ids):
+        array = np.ascontiguousarray(array)
+        h.update(repr((array.shape, str(array.dtype))).encode())
+        h.update(memoryview(array).cast("B"))
+    h.update(repr(list(vision.soft_tokens)).encode())
     return h.hexdigest()
 
 
@@ -70,11 +74,23 @@ def encoder_identity(graph_path: str | os.PathLike, precision: str) -> str:
     return _digest("encoder", path, str(stat.st_size), str(stat.st_mtime_ns), f"precision={precision}")
 
 
-def features_key(frames_key_: str, *, encoder: str, preprocess: str = "") -> str:
-    """Key of the vision-encoder output for the frames keyed ``frames_key_``, run through the graph
-    ``encoder`` (see :func:`encoder_identity`) after preprocessing described by ``preprocess`` (for
-    example ``"max_soft_tokens=70"``)."""
-    return _digest("features", frames_key_, encoder, preprocess)
+def features_key(input_key: str, *, encoder: str) -> str:
+    """Key of the vision-encoder output for the input keyed ``input_key`` (see :func:`vision_input_key`)
+    run through the graph ``encoder`` (see :func:`encoder_identity`)."""
+    return _digest("features", input_key, encoder)
+
+
+@dataclass
+class CacheUse:
+    """What one request took from the cache (the pipeline reports it in ``ChatResult.timings``)."""
+
+    frames_cached: int = 0       # videos whose decoded frames came from the cache
+    features_cached: int = 0     # videos/images whose vision features came from the cache
+    cached_tokens: int = 0       # soft tokens (prompt tokens) whose features came from the cache
+
+    def as_timings(self) -> dict:
+        return {"frames_cached": self.frames_cached, "features_cached": self.features_cached,
+                "cached_tokens": self.cached_tokens}
 
 
 def _digest(*parts: str) -> str:
