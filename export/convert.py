@@ -1,0 +1,195 @@
+"""``export_model``: a Gemma 4 checkpoint (folder or hub id) -> a verified edgevid model folder.
+
+Stages (each reported through ``progress``): load -> vision graph -> embed graph -> decoder graph ->
+side files -> parity gate -> other precisions -> edgevid.json. The manifest is written last, so a folder
+whose gate failed has no ``edgevid.json`` and the runtime refuses it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgevid.errors import ExportError
+
+from . import model_folder, onnx_graphs
+from .decoder import DecoderLayout
+from .parity import FP32_TOLERANCE, OnnxGemma, ParityReport, compare, top1_agreement, torch_greedy
+from .parity_prompt import build_parity_prompt
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8", "q4")
+GREEDY_STEPS = 32
+
+
+class _Stages:
+    """Prints "[i] what ... done in N s" lines through ``progress``."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        self.progress = progress
+        self.start = time.perf_counter()
+
+    def run(self, label: str, fn, *args, **kwargs):
+        self.progress(f"edgevid export: {label} ...")
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.progress(f"edgevid export: {label} done in {time.perf_counter() - t0:.1f} s")
+        return result
+
+
+def load_checkpoint(source: str):
+    """``Gemma4ForConditionalGeneration`` in float32, eval mode, plus the local folder (or None)."""
+    try:
+        import torch
+        from transformers import AutoConfig, Gemma4ForConditionalGeneration
+    except ImportError as exc:  # pragma: no cover - guarded by the CLI as well
+        raise ExportError(f'edgevid export needs torch and transformers: pip install "edgevid[export]" ({exc})') from exc
+    folder = Path(source)
+    if not folder.exists() and (source.startswith((".", "/", "\\")) or ":" in source[:3]):
+        raise ExportError(f"checkpoint folder not found: {source}", source=source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as exc:
+        raise ExportError(f"cannot read a model config from {source}: {exc}", source=source) from exc
+    if getattr(config, "model_type", None) != "gemma4":
+        raise ExportError(f"not a Gemma 4 checkpoint: model_type is {getattr(config, 'model_type', None)!r}, "
+                          "expected 'gemma4'", source=source)
+    if config.vision_config is None:
+        raise ExportError("the checkpoint has no vision tower (vision_config is null); edgevid needs one",
+                          source=source)
+    try:
+        model = Gemma4ForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    except Exception as exc:
+        raise ExportError(f"cannot load the checkpoint {source}: {exc}", source=source) from exc
+    return model, (folder if folder.is_dir() else _snapshot_folder(source))
+
+
+def _snapshot_folder(source: str) -> Path | None:
+    """The local hub cache folder of a hub id (side files only; weights are already loaded)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, allow_patterns=list(model_folder.SIDE_FILES)))
+    except Exception as exc:
+        log.info("no snapshot folder for %s: %s", source, exc)
+        return None
+
+
+def _check_precisions(precisions) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(p.strip().lower() for p in precisions if p.strip()))
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if unknown:
+        raise ExportError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    if "fp32" not in chosen:           # the others are made from it and measured against it
+        chosen = ("fp32",) + chosen
+    return chosen
+
+
+def export_graphs(model, output: Path, opset: int | None, stages: _Stages) -> dict:
+    files = model_folder.graph_files("fp32")
+    stages.run("vision encoder -> " + files["vision_encoder"], onnx_graphs.export_vision,
+               model, output / files["vision_encoder"], opset)
+    stages.run("embed tokens -> " + files["embed_tokens"], onnx_graphs.export_embed_tokens,
+               model, output / files["embed_tokens"], opset)
+    stages.run("decoder -> " + files["decoder"], onnx_graphs.export_decoder, model, output / files["decoder"], opset)
+    return files
+
+
+def run_parity(model, output: Path, files: dict, steps: int = GREEDY_STEPS):
+    """(report, reference, onnx-decoded) for the graphs ``files`` in ``output``."""
+    layout = DecoderLayout.from_text_config(model.config.get_text_config())
+    prompt = build_parity_prompt(model.config)
+    reference = torch_greedy(model, prompt, steps)
+    candidate = OnnxGemma(output, files, layout, model.config.video_token_id).greedy(prompt, steps)
+    return compare(reference, candidate, FP32_TOLERANCE), reference, candidate
+
+
+def _gate(report: ParityReport, output: Path, hint: str) -> None:
+    if report.passed:
+        return
+    detail = (f"prefill logits max |diff| {report.prefill_max_abs_diff:.3g} (limit {report.tolerance:g}), "
+              f"greedy tokens {'match' if report.greedy_match else f'differ from step {report.first_mismatch}'} "
+              f"over {report.greedy_steps} steps")
+    raise ExportError(f"parity gate failed for {output}: {detail}; {hint}", source=str(output))
+
+
+def quantize_precisions(output: Path, precisions, reference_onnx, model, stages: _Stages) -> dict:
+    """Write the quantised variants and measure them. ``reference_onnx`` is the fp32 ONNX run (or None)."""
+    entries = {}
+    others = [p for p in precisions if p != "fp32"]
+    if not others:
+        return entries
+    try:
+        from .quantize import quantize_graph
+    except ImportError as exc:
+        raise ExportError(f"precision {', '.join(others)} needs edgevid_export.quantize, which is missing ({exc})") from exc
+    fp32_files = model_folder.graph_files("fp32")
+    for precision in others:
+        files = model_folder.graph_files(precision)
+        for key in model_folder.GRAPH_NAMES:
+            stages.run(f"{precision}: {files[key]}", quantize_graph,
+                       output / fp32_files[key], output / files[key], precision)
+        entry = dict(files, size_bytes=model_folder.files_size(output, files))
+        if reference_onnx is not None:
+            layout = DecoderLayout.from_text_config(model.config.get_text_config())
+            prompt = build_parity_prompt(model.config)
+            decoded = stages.run(f"{precision}: top-1 agreement", OnnxGemma(
+                output, files, layout, model.config.video_token_id).greedy, prompt, GREEDY_STEPS)
+            entry["top1_agreement"] = top1_agreement(reference_onnx, decoded)
+            entry["prefill_max_abs_diff_vs_fp32"] = float(abs(reference_onnx.prefill_logits - decoded.prefill_logits).max())
+        entries[precision] = entry
+    return entries
+
+
+def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, validate=True,
+                 progress: Callable[[str], None] = print) -> Path:
+    """Export ``model_id_or_dir`` into ``output_dir`` (see docs/ARCHITECTURE.md). Raises ``ExportError``
+    on a bad checkpoint or a failed parity gate. Returns the output folder."""
+    chosen = _check_precisions(precisions)
+    source = str(model_id_or_dir)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    stale = output / "edgevid.json"
+    if stale.exists():
+        stale.unlink()
+    stages = _Stages(progress)
+    model, checkpoint = stages.run(f"load {source}", load_checkpoint, source)
+    files = export_graphs(model, output, opset, stages)
+    stages.run("config, tokenizer, template, processor", model_folder.copy_side_files, checkpoint, output, model, source)
+    parity, reference_onnx = None, None
+    if validate:
+        report, _, reference_onnx = stages.run("parity gate (onnxruntime vs PyTorch)", run_parity, model, output, files)
+        progress(f"edgevid export: parity prefill max|diff| {report.prefill_max_abs_diff:.2e}, "
+                 f"greedy {report.greedy_steps} steps {'identical' if report.greedy_match else 'DIFFERENT'}")
+        _gate(report, output, "no edgevid.json was written (--no-validate skips the gate)")
+        parity = report.as_dict()
+    entries = {"fp32": dict(files, size_bytes=model_folder.files_size(output, files))}
+    entries.update(quantize_precisions(output, chosen, reference_onnx, model, stages))
+    layout = DecoderLayout.from_text_config(model.config.get_text_config())
+    model_folder.write_manifest(output, config=model.config, layout=layout, source=source,
+                                precisions=entries, parity=parity)
+    progress(f"edgevid export: wrote {output} in {time.perf_counter() - stages.start:.1f} s")
+    return output
+
+
+def verify_export(model_id_or_dir, output_dir, progress: Callable[[str], None] = print) -> ParityReport:
+    """Re-run the fp32 parity gate on an existing folder against the checkpoint; raises ``ExportError``
+    when it fails and records the fresh figures in edgevid.json when it passes."""
+    output = Path(output_dir)
+    manifest_path = output / "edgevid.json"
+    files = model_folder.graph_files("fp32")
+    missing = [name for name in files.values() if not (output / name).is_file()]
+    if missing:
+        raise ExportError(f"not an exported folder: missing {', '.join(missing)}", source=str(output))
+    stages = _Stages(progress)
+    model, _ = stages.run(f"load {model_id_or_dir}", load_checkpoint, str(model_id_or_dir))
+    report, _, _ = stages.run("parity gate (onnxruntime vs PyTorch)", run_parity, model, output, files)
+    _gate(report, output, "the graphs do not match the checkpoint; export again")
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest["parity"] = report.as_dict()
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,256 @@
+"""``DecoderGraph``: the Gemma 4 text decoder rewritten for export, over flat KV-cache tensors.
+
+It runs the checkpoint's own modules (projections, MLPs, router, experts) but owns everything that
+transformers does through ``Cache`` objects and mask factories, because those do not survive export:
+
+- Every cache-owning layer keeps a FULL-length cache (``past + seq``); the sliding window is applied in
+  the mask, built inside the graph from the 2D ``attention_mask`` (window counted in cache slots, as
+  transformers' sliding caches do). Sliding and full caches therefore share one ``past`` length.
+- KV-shared layers (E2B/E4B) own no cache: they read the keys/values their producer layer (the last
+  non-shared layer of the same attention type) just produced, exactly as transformers' ``shared_kv_states``.
+- ``per_layer_inputs`` arrive as the token-identity part (``embed_tokens.onnx`` output); the
+  context projection from the merged ``inputs_embeds`` and the combination happen here.
+- ``use_bidirectional_attention == "vision"``: the decoder also takes ``input_ids``; contiguous runs of
+  image/video tokens in the current chunk form blocks that attend to each other on sliding layers only.
+  BOI/EOI are text. A decode step (seq 1) can never open a block, so no special case is needed.
+- MoE: routing as transformers does it (softmax -> top-k -> renormalise -> per-expert scale), experts
+  evaluated densely and weighted, which exports without data-dependent shapes (cost: all experts run).
+- RMSNorm is written as a division by ``Sqrt`` (ORT fuses it into SimplifiedLayerNormalization).
+- Masks are additive with a finite large negative value (never -inf).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+MASK_VALUE = -1.0e9
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """Facts about the decoder a runtime and the exporter both need."""
+
+    num_hidden_layers: int
+    layer_types: tuple[str, ...]
+    cache_layers: tuple[int, ...]          # layers with past_key_values.{i}.key/value
+    shared_from: dict                      # kv-shared layer -> producer layer
+    kv_heads: dict                         # cache layer -> kv heads
+    head_dims: dict                        # cache layer -> head dim
+    per_layer_inputs: bool
+    per_layer_dim: int
+    bidirectional_vision: bool
+    moe: bool
+    hidden_size: int
+    vocab_size: int
+    sliding_window: int
+
+    @classmethod
+    def from_text_config(cls, tc) -> "DecoderLayout":
+        modes = tc.kv_sharing_modes
+        n = tc.num_hidden_layers
+        cache_layers = tuple(i for i in range(n) if modes[i] != "reuse")
+        producers = {}
+        for i in cache_layers:
+            producers[tc.layer_types[i]] = i          # the last owner of each type wins
+        shared_from = {i: producers[tc.layer_types[i]] for i in range(n) if modes[i] == "reuse"}
+        return cls(
+            num_hidden_layers=n,
+            layer_types=tuple(tc.layer_types),
+            cache_layers=cache_layers,
+            shared_from=shared_from,
+            kv_heads={i: tc.per_layer_config[i].num_key_value_heads for i in cache_layers},
+            head_dims={i: tc.per_layer_config[i].head_dim for i in cache_layers},
+            per_layer_inputs=bool(tc.hidden_size_per_layer_input),
+            per_layer_dim=int(tc.hidden_size_per_layer_input or 0),
+            bidirectional_vision=tc.use_bidirectional_attention == "vision",
+            moe=bool(tc.enable_moe_block),
+            hidden_size=tc.hidden_size,
+            vocab_size=tc.vocab_size,
+            sliding_window=int(tc.sliding_window),
+        )
+
+    def input_names(self) -> list[str]:
+        names = ["inputs_embeds"]
+        if self.per_layer_inputs:
+            names.append("per_layer_inputs")
+        names += ["attention_mask", "position_ids"]
+        if self.bidirectional_vision:
+            names.append("input_ids")
+        for i in self.cache_layers:
+            names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        return names
+
+    def output_names(self) -> list[str]:
+        names = ["logits"]
+        for i in self.cache_layers:
+            names += [f"present.{i}.key", f"present.{i}.value"]
+        return names
+
+
+def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """Gemma4RMSNorm, written as a division by Sqrt so onnxruntime fuses it."""
+    x32 = x.float()
+    out = x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + norm.eps)
+    if norm.with_scale:
+        out = out * norm.weight.float()
+    return out.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on [batch, seq, heads, dim] with cos/sin [batch, seq, dim]."""
+    cos = cos.unsqueeze(2)
+    sin = sin.unsqueeze(2)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class DecoderGraph(nn.Module):
+    """Exportable decoder: ``forward(*inputs)`` in the order of ``layout.input_names()``."""
+
+    def __init__(self, model):
+        super().__init__()
+        text = model.model.language_model
+        self.text = text
+        self.lm_head = model.lm_head
+        self.tc = model.config.get_text_config()
+        self.config = model.config
+        self.layout = DecoderLayout.from_text_config(self.tc)
+        self.softcap = self.tc.final_logit_softcapping
+        self.vision_ids = [v for v in (model.config.image_token_id, model.config.video_token_id) if v is not None]
+
+    # ---- pieces ------------------------------------------------------------------------------------
+    def _masks(self, attention_mask, past_len, seq_len, input_ids):
+        """Additive masks {layer_type: [batch, 1, seq, past+seq]}."""
+        total = attention_mask.shape[1]
+        q_idx = torch.arange(seq_len, device=attention_mask.device).unsqueeze(1) + (total - seq_len)
+        kv_idx = torch.arange(total, device=attention_mask.device).unsqueeze(0)
+        causal = (kv_idx <= q_idx).unsqueeze(0)                                  # [1, S, T]
+        keep = attention_mask.bool().unsqueeze(1)                                # [B, 1, T]
+        window = (kv_idx > q_idx - self.tc.sliding_window).unsqueeze(0)
+        sliding_allowed = causal
+        if self.layout.bidirectional_vision:
+            sliding_allowed = causal | self._vision_blocks(input_ids, total)
+        allowed = {
+            "full_attention": causal & keep,
+            "sliding_attention": sliding_allowed & window & keep,
+        }
+        zero = torch.zeros((), dtype=torch.float32)
+        neg = torch.full((), MASK_VALUE, dtype=torch.float32)
+        return {k: torch.where(v, zero, neg).unsqueeze(1) for k, v in allowed.items()}
+
+    def _vision_blocks(self, input_ids, total):
+        """[B, S, T] True where query and key sit in the same contiguous block of vision tokens
+        (blocks only within the current chunk; past slots are never in a block)."""
+        is_vision = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token in self.vision_ids:
+            is_vision = is_vision | (input_ids == token)
+        prev = torch.cat([torch.zeros_like(is_vision[:, :1]), is_vision[:, :-1]], dim=1)
+        starts = (is_vision & ~prev).to(torch.int64)
+        block = torch.where(is_vision, torch.cumsum(starts, dim=1), torch.zeros_like(starts))  # 0 = text
+        same = (block.unsqueeze(2) == block.unsqueeze(1)) & (block.unsqueeze(2) > 0)            # [B, S, S]
+        seq = input_ids.shape[1]
+        pad = torch.zeros((same.shape[0], seq, total - seq), dtype=torch.bool, device=same.device)
+        return torch.cat([pad, same], dim=2)
+
+    def _rope(self, position_ids, layer_type, dtype):
+        rotary = self.text.rotary_emb
+        inv_freq = getattr(rotary, f"{layer_type}_inv_freq")
+        scaling = getattr(rotary, f"{layer_type}_attention_scaling")
+        freqs = position_ids[..., None].float() * inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+    def _per_layer(self, inputs_embeds, token_part):
+        text = self.text
+        proj = text.per_layer_model_projection(inputs_embeds) * text.per_layer_model_projection_scale
+        proj = proj.reshape(*inputs_embeds.shape[:-1], self.tc.num_hidden_layers, self.tc.hidden_size_per_layer_input)
+        proj = rms_norm(proj, text.per_layer_projection_norm)
+        return (proj + token_part) * text.per_layer_input_scale
+
+    def _attention(self, layer, i, h, rope, mask, past, shared):
+        attn = layer.self_attn
+        b, s = h.shape[:2]
+        d = attn.head_dim
+        cos, sin = rope
+        q = rms_norm(attn.q_proj(h).view(b, s, -1, d), attn.q_norm)
+        q = rotate(q, cos, sin).transpose(1, 2)
+        present = None
+        if i in self.layout.shared_from:
+            k, v = shared[self.layout.shared_from[i]]
+        else:
+            k_raw = attn.k_proj(h).view(b, s, -1, d)
+            v_raw = attn.v_proj(h).view(b, s, -1, d) if attn.v_proj is not None else k_raw
+            k = rotate(rms_norm(k_raw, attn.k_norm), cos, sin).transpose(1, 2)
+            v = rms_norm(v_raw, attn.v_norm).transpose(1, 2)
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+            present = (k, v)
+            shared[i] = present
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
+        return attn.o_proj(out), present
+
+    def _moe(self, layer, residual):
+        router, experts = layer.router, layer.experts
+        flat = residual.reshape(-1, residual.shape[-1])
+        routed = rms_norm(flat, router.norm) * router.scale * router.scalar_root_size
+        probs = torch.softmax(router.proj(routed).float(), dim=-1)
+        top_w, top_i = torch.topk(probs, k=self.tc.top_k_experts, dim=-1)
+        top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        top_w = top_w * router.per_expert_scale[top_i]
+        dense_w = torch.zeros_like(probs).scatter(1, top_i, top_w)              # [T, E]
+        x = rms_norm(flat, layer.pre_feedforward_layernorm_2)
+        gate_up = torch.einsum("th,eoh->teo", x, experts.gate_up_proj)
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = experts.act_fn(gate) * up
+        out = torch.einsum("tei,ehi->teh", act, experts.down_proj)
+        out = (out * dense_w.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+        return rms_norm(out.reshape(residual.shape), layer.post_feedforward_layernorm_2)
+
+    def _layer(self, layer, i, h, per_layer_input, rope, mask, past, shared):
+        residual = h
+        attn_out, present = self._attention(layer, i, rms_norm(h, layer.input_layernorm), rope, mask, past, shared)
+        h = residual + rms_norm(attn_out, layer.post_attention_layernorm)
+        residual = h
+        ff = layer.mlp(rms_norm(h, layer.pre_feedforward_layernorm))
+        if layer.enable_moe_block:
+            ff = rms_norm(ff, layer.post_feedforward_layernorm_1) + self._moe(layer, residual)
+        h = residual + rms_norm(ff, layer.post_feedforward_layernorm)
+        if per_layer_input is not None:
+            residual = h
+            g = layer.act_fn(layer.per_layer_input_gate(h)) * per_layer_input
+            h = residual + rms_norm(layer.per_layer_projection(g), layer.post_per_layer_input_norm)
+        return h * layer.layer_scalar, present
+
+    # ---- graph -------------------------------------------------------------------------------------
+    def forward(self, *inputs):
+        named = dict(zip(self.layout.input_names(), inputs))
+        h = named["inputs_embeds"]
+        seq = h.shape[1]
+        first_past = named[f"past_key_values.{self.layout.cache_layers[0]}.key"]
+        masks = self._masks(named["attention_mask"], first_past.shape[2], seq, named.get("input_ids"))
+        ropes = {t: self._rope(named["position_ids"], t, h.dtype) for t in set(self.layout.layer_types)}
+        per_layer = self._per_layer(h, named["per_layer_inputs"]) if self.layout.per_layer_inputs else None
+        shared, presents = {}, []
+        for i, layer in enumerate(self.text.layers[: self.tc.num_hidden_layers]):
+            layer_type = self.layout.layer_types[i]
+            past = None
+            if i in self.layout.cache_layers:
+                past = (named[f"past_key_values.{i}.key"], named[f"past_key_values.{i}.value"])
+            pli = per_layer[:, :, i, :] if per_layer is not None else None
+            h, present = self._layer(layer, i, h, pli, ropes[layer_type], masks[layer_type], past, shared)
+            if present is not None:
+                presents += list(present)
+        h = rms_norm(h, self.text.norm)
+        logits = self.lm_head(h)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return (logits, *presents)

@@ -1,0 +1,79 @@
+"""Exportable wrappers for the two small graphs: ``VisionEncoderGraph`` and ``EmbedTokensGraph``.
+
+``VisionEncoderGraph``: the checkpoint's vision tower plus ``embed_vision``; padding patches are dropped
+inside the graph, so ``image_features`` is [soft_tokens, text_hidden] for all frames together, in frame
+order (what transformers scatters into the image/video placeholder positions).
+
+``EmbedTokensGraph``: ``input_ids`` -> ``inputs_embeds`` (scaled) and, for per-layer-input models, the
+token-identity part of the per-layer inputs. Placeholder tokens (image, video, audio) are replaced by the
+pad id inside the graph, as transformers does, so the runtime passes raw ids and only overwrites the
+placeholder rows of ``inputs_embeds`` with ``image_features``; ``per_layer_inputs`` need no edit.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class VisionEncoderGraph(nn.Module):
+    """Patch embedder + encoder of the checkpoint; pooling rewritten so the soft-token count follows the
+    patch axis symbolically (transformers' ``one_hot(..., length)`` freezes it at export time)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.tower = model.model.vision_tower
+        self.embed_vision = model.model.embed_vision
+        self.kernel = model.config.vision_config.pooling_kernel_size
+        self.root_hidden = model.config.vision_config.hidden_size ** 0.5
+        self.standardize = bool(model.config.vision_config.standardize)
+
+    def _pool(self, hidden, positions, padding):
+        k = self.kernel
+        hidden = hidden.masked_fill(padding.unsqueeze(-1), 0.0)
+        slots = torch.arange(hidden.shape[1] // (k * k), device=hidden.device)
+        clamped = positions.clamp(min=0)
+        grid_w = clamped[..., 0].max(dim=-1, keepdim=True)[0] + 1
+        cell = torch.div(clamped, k, rounding_mode="floor")
+        cell = cell[..., 0] + torch.div(grid_w, k, rounding_mode="floor") * cell[..., 1]      # [F, P]
+        weights = (cell.unsqueeze(-1) == slots).float() / (k * k)                               # [F, P, L]
+        pooled = weights.transpose(1, 2) @ hidden.float()                                       # [F, L, H]
+        valid = (weights != 0).any(dim=1)                                                       # [F, L]
+        return pooled * self.root_hidden, valid
+
+    def forward(self, pixel_values, pixel_position_ids):
+        padding = (pixel_position_ids == -1).all(dim=-1)
+        embeds = self.tower.patch_embedder(pixel_values, pixel_position_ids, padding)
+        hidden = self.tower.encoder(inputs_embeds=embeds, attention_mask=~padding,
+                                    pixel_position_ids=pixel_position_ids).last_hidden_state
+        pooled, valid = self._pool(hidden, pixel_position_ids, padding)
+        features = pooled[valid]                                                                # [soft_tokens, H]
+        if self.standardize:
+            features = (features - self.tower.std_bias.float()) * self.tower.std_scale.float()
+        return self.embed_vision(inputs_embeds=features.to(embeds.dtype))
+
+
+class EmbedTokensGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        config = model.config
+        text = model.model.language_model
+        self.embed_tokens = text.embed_tokens
+        self.embed_per_layer = getattr(text, "embed_tokens_per_layer", None) if text.hidden_size_per_layer_input else None
+        self.num_layers = config.get_text_config().num_hidden_layers
+        self.per_layer_dim = config.get_text_config().hidden_size_per_layer_input
+        self.pad_id = config.get_text_config().pad_token_id or 0
+        self.placeholders = [
+            t for t in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None),
+                        getattr(config, "audio_token_id", None)) if t is not None
+        ]
+
+    def forward(self, input_ids):
+        is_placeholder = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token in self.placeholders:
+            is_placeholder = is_placeholder | (input_ids == token)
+        ids = torch.where(is_placeholder, torch.full_like(input_ids, self.pad_id), input_ids)
+        embeds = self.embed_tokens(ids)
+        if self.embed_per_layer is None:
+            return embeds
+        per_layer = self.embed_per_layer(ids).reshape(*ids.shape, self.num_layers, self.per_layer_dim)
+        return embeds, per_layer

@@ -1,0 +1,112 @@
+"""Export the three graphs with ``torch.onnx.export(dynamo=True)``.
+
+Example inputs use sizes >= 2 on every dynamic axis (torch.export specialises 0 and 1); zero-length
+``past`` still runs in onnxruntime. Graphs whose weights exceed 2 GB are saved with external data
+(``<graph>.onnx_data``).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from .decoder import DecoderGraph
+from .encoders import EmbedTokensGraph, VisionEncoderGraph
+
+log = logging.getLogger(__name__)
+
+TWO_GB = 2 * 1024 ** 3
+AUTO = torch.export.Dim.DYNAMIC     # dynamic, and an error (not a silent constant) if export specialises
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int | None):
+    kwargs = dict(
+        input_names=list(input_names), output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+        dynamo=True, external_data=True, optimize=True, verbose=False,
+    )
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, tuple(args), None, **kwargs)
+    _save(program, path)
+    del program
+    gc.collect()
+    return path
+
+
+def _save(program, path: Path) -> None:
+    """Save inline when small, with ``<name>.onnx_data`` beside it when the weights pass 2 GB."""
+    size = sum(int(t.const_value.nbytes) for t in program.model.graph.initializers.values() if t.const_value is not None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if size >= TWO_GB:
+        program.save(str(path), external_data=True)
+        produced = path.with_name(path.name + ".data")
+        if produced.exists():                               # name it the onnx-community way
+            target = path.with_name(path.name + "_data")
+            _rename_external(path, produced.name, target.name)
+            produced.replace(target)
+    else:
+        program.save(str(path), external_data=False)
+
+
+def _rename_external(path: Path, old: str, new: str) -> None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(model, str(path))
+
+
+def export_vision(model, path: Path, opset=None) -> Path:
+    vision = model.config.vision_config
+    patch_dim = 3 * vision.patch_size ** 2
+    frames, patches = 2, 2 * vision.pooling_kernel_size ** 2
+    pixel_values = torch.rand(frames, patches, patch_dim)
+    side = vision.pooling_kernel_size
+    grid = torch.stack(torch.meshgrid(torch.arange(2 * side), torch.arange(side), indexing="xy"), -1).reshape(-1, 2)
+    positions = grid.unsqueeze(0).repeat(frames, 1, 1).long()
+    positions[1, side * side:] = -1                       # second frame half padding
+    dyn = ({0: AUTO, 1: AUTO}, {0: AUTO, 1: AUTO})
+    return _export(VisionEncoderGraph(model).eval(), (pixel_values, positions), path,
+                   ["pixel_values", "pixel_position_ids"], ["image_features"], dyn, opset)
+
+
+def export_embed_tokens(model, path: Path, opset=None) -> Path:
+    graph = EmbedTokensGraph(model).eval()
+    ids = torch.randint(3, model.config.get_text_config().vocab_size, (2, 3))
+    outputs = ["inputs_embeds"] + (["per_layer_inputs"] if graph.embed_per_layer is not None else [])
+    return _export(graph, (ids,), path, ["input_ids"], outputs, ({0: AUTO, 1: AUTO},), opset)
+
+
+def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
+    layout = graph.layout
+    tc = graph.tc
+    args = [torch.randn(batch, seq, tc.hidden_size)]
+    dyn = [{0: AUTO, 1: AUTO}]
+    if layout.per_layer_inputs:
+        args.append(torch.randn(batch, seq, tc.num_hidden_layers, layout.per_layer_dim))
+        dyn.append({0: AUTO, 1: AUTO})
+    args += [torch.ones(batch, past + seq, dtype=torch.int64),
+             torch.arange(past, past + seq).unsqueeze(0).repeat(batch, 1)]
+    dyn += [{0: AUTO, 1: AUTO}, {0: AUTO, 1: AUTO}]
+    if layout.bidirectional_vision:
+        args.append(torch.randint(3, tc.vocab_size, (batch, seq)))
+        dyn.append({0: AUTO, 1: AUTO})
+    for i in layout.cache_layers:
+        for _ in ("key", "value"):
+            args.append(torch.randn(batch, layout.kv_heads[i], past, layout.head_dims[i]))
+            dyn.append({0: AUTO, 2: AUTO})
+    return args, dyn
+
+
+def export_decoder(model, path: Path, opset=None) -> Path:
+    graph = DecoderGraph(model).eval()
+    args, dyn = decoder_example_inputs(graph)
+    return _export(graph, args, path, graph.layout.input_names(), graph.layout.output_names(), (tuple(dyn),), opset)

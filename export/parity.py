@@ -1,0 +1,179 @@
+"""The parity gate: the exported graphs, run with onnxruntime, against the PyTorch model.
+
+``OnnxGemma`` is a deliberately small onnxruntime driver over the three graphs of a folder (the export
+side's own; the runtime package has the real one). ``check_parity`` runs the same synthetic video
+prompt (``ParityPrompt``: real vision features through the vision graph, longer than the sliding window)
+through both, compares the prefill logits and then greedy-decodes ``steps`` tokens on each side (KV-cache
+decode through the ONNX decoder vs transformers' forward with its own cache).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .decoder import DecoderLayout
+from .parity_prompt import ParityPrompt
+
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    prefill_max_abs_diff: float
+    vision_max_abs_diff: float
+    greedy_steps: int
+    greedy_match: bool
+    first_mismatch: int | None
+    prompt_tokens: int
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.greedy_match and self.prefill_max_abs_diff <= self.tolerance
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    prefill_logits: np.ndarray      # [seq, vocab] float32
+    tokens: list                    # greedy continuation
+    features: np.ndarray            # vision features [soft_tokens, hidden]
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxGemma:
+    """Runs a folder's vision / embed / decoder graphs with onnxruntime (float32 or float16 I/O)."""
+
+    def __init__(self, folder: Path, files: dict, layout: DecoderLayout, video_token_id: int):
+        folder = Path(folder)
+        self.vision = _session(folder / files["vision_encoder"])
+        self.embed = _session(folder / files["embed_tokens"])
+        self.decoder = _session(folder / files["decoder"])
+        self.layout = layout
+        self.video_token_id = video_token_id
+        self.inputs = {i.name: i for i in self.decoder.get_inputs()}
+
+    @staticmethod
+    def _run(session, feeds: dict) -> list:
+        cast = {}
+        for meta in session.get_inputs():
+            value = feeds[meta.name]
+            if meta.type == "tensor(float16)":
+                value = value.astype(np.float16)
+            elif meta.type == "tensor(float)":
+                value = value.astype(np.float32)
+            cast[meta.name] = value
+        return [o.astype(np.float32) if o.dtype == np.float16 else o for o in session.run(None, cast)]
+
+    def encode_vision(self, prompt: ParityPrompt) -> np.ndarray:
+        return self._run(self.vision, {"pixel_values": prompt.pixel_values,
+                                       "pixel_position_ids": prompt.pixel_position_ids})[0]
+
+    def _embed(self, input_ids: np.ndarray):
+        out = self._run(self.embed, {"input_ids": input_ids})
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def _decode(self, embeds, per_layer, input_ids, past_len, cache):
+        batch, seq = input_ids.shape
+        feeds = {"inputs_embeds": embeds,
+                 "attention_mask": np.ones((batch, past_len + seq), dtype=np.int64),
+                 "position_ids": np.arange(past_len, past_len + seq, dtype=np.int64)[None].repeat(batch, 0)}
+        if per_layer is not None:
+            feeds["per_layer_inputs"] = per_layer
+        if self.layout.bidirectional_vision:
+            feeds["input_ids"] = input_ids
+        feeds.update(cache)
+        outputs = self._run(self.decoder, feeds)
+        names = [o.name for o in self.decoder.get_outputs()]
+        present = dict(zip(names[1:], outputs[1:]))
+        next_cache = {name.replace("present.", "past_key_values."): value for name, value in present.items()}
+        return outputs[0], next_cache
+
+    def _empty_cache(self, batch: int) -> dict:
+        cache = {}
+        for name, meta in self.inputs.items():
+            if name.startswith("past_key_values."):
+                _, kv_heads, _, head_dim = meta.shape
+                dtype = np.float16 if meta.type == "tensor(float16)" else np.float32
+                cache[name] = np.zeros((batch, kv_heads, 0, head_dim), dtype=dtype)
+        return cache
+
+    def greedy(self, prompt: ParityPrompt, steps: int) -> Decoded:
+        features = self.encode_vision(prompt)
+        ids = prompt.input_ids
+        embeds, per_layer = self._embed(ids)
+        embeds = embeds.copy()
+        embeds[ids == self.video_token_id] = features
+        logits, cache = self._decode(embeds, per_layer, ids, 0, self._empty_cache(ids.shape[0]))
+        prefill = logits[0]
+        tokens = [int(prefill[-1].argmax())]
+        length = ids.shape[1]
+        for _ in range(steps - 1):
+            step_ids = np.asarray([[tokens[-1]]], dtype=np.int64)
+            embeds, per_layer = self._embed(step_ids)
+            logits, cache = self._decode(embeds, per_layer, step_ids, length, cache)
+            length += 1
+            tokens.append(int(logits[0, -1].argmax()))
+        return Decoded(prefill, tokens, features)
+
+
+def torch_greedy(model, prompt: ParityPrompt, steps: int) -> Decoded:
+    """transformers' own forward: prefill with the video, then one token at a time on its cache."""
+    import torch
+
+    with torch.no_grad():
+        ids = torch.from_numpy(prompt.input_ids)
+        pixel_values = torch.from_numpy(prompt.pixel_values)
+        positions = torch.from_numpy(prompt.pixel_position_ids)
+        out = model(input_ids=ids, pixel_values_videos=pixel_values, video_position_ids=positions,
+                    num_frames_per_video=torch.tensor([prompt.num_frames]),
+                    mm_token_type_ids=torch.from_numpy(prompt.mm_token_type_ids),
+                    attention_mask=torch.ones_like(ids), use_cache=True)
+        prefill = out.logits[0].float().numpy()
+        cache = out.past_key_values
+        tokens = [int(prefill[-1].argmax())]
+        length = ids.shape[1]
+        for _ in range(steps - 1):
+            step = torch.tensor([[tokens[-1]]])
+            out = model(input_ids=step, past_key_values=cache, use_cache=True,
+                        attention_mask=torch.ones(1, length + 1, dtype=torch.long),
+                        position_ids=torch.tensor([[length]]))
+            cache = out.past_key_values
+            length += 1
+            tokens.append(int(out.logits[0, -1].argmax()))
+        features = model.model.get_video_features(
+            pixel_values, positions, num_frames_per_video=torch.tensor([prompt.num_frames])).pooler_output
+        features = torch.cat(features, dim=0).float().numpy()
+    return Decoded(prefill, tokens, features)
+
+
+def compare(reference: Decoded, candidate: Decoded, tolerance: float = FP32_TOLERANCE) -> ParityReport:
+    mismatch = next((i for i, (a, b) in enumerate(zip(reference.tokens, candidate.tokens)) if a != b), None)
+    vision = (float(np.abs(reference.features - candidate.features).max())
+              if reference.features.shape == candidate.features.shape else float("inf"))
+    return ParityReport(
+        prefill_max_abs_diff=float(np.abs(reference.prefill_logits - candidate.prefill_logits).max()),
+        vision_max_abs_diff=vision,
+        greedy_steps=len(reference.tokens),
+        greedy_match=mismatch is None and len(reference.tokens) == len(candidate.tokens),
+        first_mismatch=mismatch,
+        prompt_tokens=int(reference.prefill_logits.shape[0]),
+        tolerance=tolerance,
+    )
+
+
+def top1_agreement(reference: Decoded, candidate: Decoded) -> float:
+    """Share of the parity prompt's positions whose next-token argmax agrees (teacher-forced, so one
+    early difference does not decide the rest)."""
+    return float((reference.prefill_logits.argmax(-1) == candidate.prefill_logits.argmax(-1)).mean())

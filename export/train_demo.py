@@ -1,0 +1,432 @@
+"""Train the shipped demo model: a tiny Gemma 4 that answers questions about synthetic shape clips.
+
+    python -m edgevid_export.train_demo --output build/demo          # ~10-15 min on 2 CPU cores
+    build_trained_demo(output_dir, seed=0, progress=print)           # the same from Python
+
+Steps: (1) a Gemma 4 tokenizer laid out like the demo helper's (same special tokens, ids, chat template,
+byte-fallback BPE) whose merges are learned over the demo corpus plus the task's sentences, so every task
+word is one piece; (2) a ``Gemma4ForConditionalGeneration`` of the real architecture (per-layer inputs,
+KV sharing, sliding + full attention, vision tower with patch 16 / pooling 3), small enough to learn the
+task in minutes; (3) training on freshly generated clips (``edgevid_export.synthetic``) that go through
+the runtime's own path: H.264 MP4 -> ``edgevid.media.sample_video`` -> ``edgevid.model.preprocess`` ->
+the chat template with per-frame ``mm:ss <|image>…<image|>`` expansion; the loss covers answer tokens
+only; (4) ``save_pretrained`` into ``output/checkpoint`` and ``export_model`` into ``output``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import synthetic
+
+HELD_OUT_SEED_BASE = 10_000_000      # held-out clips use seeds from here on; training never reaches it
+TRAIN_SEED_STRIDE = 100_003
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that determines the trained demo (change it and the shipped files must be rebuilt)."""
+    seed: int = 0
+    num_frames: int = 4                  # frames sampled per video, recorded in edgevid.json / processor_config
+    max_soft_tokens: int = 70            # per frame (Gemma 4's smallest budget; 160x120 -> 63 tokens)
+    steps: int = 1400
+    clips_per_step: int = 2              # every clip is asked one question of each kind (5 sequences)
+    lr: float = 2e-3
+    warmup: int = 40
+    weight_decay: float = 0.01
+    vocab_size: int = 1024
+    text_hidden: int = 64
+    vision_hidden: int = 64
+    eval_every: int = 100
+    eval_clips: int = 12
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+
+def task_corpus() -> str:
+    """Sentences the task uses: every question form with every referent, every answer, frame timestamps."""
+    lines = []
+    for kind, forms in synthetic.QUESTION_FORMS.items():
+        for form in forms:
+            for shape in synthetic.SHAPES:
+                for colour in synthetic.COLORS:
+                    lines.append(form.format(kind=shape, colour=colour))
+    for shape in synthetic.SHAPES:
+        for colour in synthetic.COLORS:
+            lines += [f"a {colour} {shape} moves {p}." for p in synthetic.PATHS.values()]
+            lines += [f"a {colour} {shape} stands still.", f"the {shape} is {colour}.",
+                      f"the {colour} shape is a {shape}."]
+            lines += [f"the {shape} moves {p}." for p in synthetic.PATHS.values()] + [f"the {shape} stands still."]
+    lines += ["there is one shape.", "there are two shapes.", "there are three shapes.",
+              "two shapes stand still.", "three shapes stand still."]
+    lines += [" ".join(f"{m:02d}:{s:02d}" for s in range(60)) for m in range(2)]
+    return "\n".join(lines * 3)
+
+
+def build_task_tokenizer(out_dir: str | Path):
+    """The demo tokenizer (``edgevid_export.demo`` layout: Gemma 4 special tokens at the same ids, chat
+    template, processor_config) with BPE merges learned over the demo corpus plus :func:`task_corpus`."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import GemmaTokenizer
+
+    from . import demo
+    from .demo_corpus import DEMO_CORPUS
+    from .demo_template import DEMO_CHAT_TEMPLATE
+
+    fixed = [text for _, text in demo.SPECIAL_TOKENS] + list(demo.BYTE_TOKENS)
+    trainer_tok = Tokenizer(BPE(unk_token=None))
+    trainer_tok.normalizer = normalizers.Replace(" ", demo.SPACE)
+    trainer_tok.pre_tokenizer = pre_tokenizers.Split(demo.SPACE, behavior="merged_with_next")
+    trainer = BpeTrainer(vocab_size=demo.DEMO_VOCAB_SIZE - len(fixed), show_progress=False, special_tokens=[])
+    trainer_tok.train_from_iterator((task_corpus() + "\n" + DEMO_CORPUS).splitlines() + ["\n"], trainer=trainer)
+    model = json.loads(trainer_tok.to_str())["model"]
+    vocab = {text: i for i, text in enumerate(fixed)}
+    for piece in sorted(model["vocab"], key=model["vocab"].get):
+        if len(vocab) < demo.DEMO_VOCAB_SIZE:
+            vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merges = [m for m in merges if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab]
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    named = {name: text for name, text in demo.SPECIAL_TOKENS if name not in demo._STANDARD}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=False, add_eos_token=False,
+                               padding_side="left", extra_special_tokens=named, chat_template=DEMO_CHAT_TEMPLATE)
+    tokenizer.save_pretrained(out)
+    demo._check_ids(out / "tokenizer.json")
+    return tokenizer
+
+
+def write_processor_config(out_dir: str | Path, recipe: DemoRecipe) -> Path:
+    """Gemma 4's processor_config (demo helper's writer) with this model's frames per video."""
+    from .demo import write_processor_config as write_default
+
+    path = write_default(out_dir)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["video_processor"]["num_frames"] = recipe.num_frames
+    config["video_processor"]["max_soft_tokens"] = recipe.max_soft_tokens
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+def demo_config(recipe: DemoRecipe):
+    """E2B-shaped, tiny: PLE, KV sharing (last 2 of 5 layers), sliding + full attention with a larger
+    full-attention head dim, logit soft-capping, vision tower with the real patch 16 / pooling 3."""
+    from transformers import Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig
+
+    from .demo import demo_token_ids
+
+    ids = demo_token_ids()
+    eos = [ids.eos, ids.end_of_turn]
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    text = Gemma4TextConfig(
+        vocab_size=recipe.vocab_size, hidden_size=recipe.text_hidden, intermediate_size=2 * recipe.text_hidden,
+        num_hidden_layers=len(layer_types), layer_types=layer_types, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=32, global_head_dim=64, sliding_window=128, max_position_embeddings=4096,
+        hidden_size_per_layer_input=16, vocab_size_per_layer_input=recipe.vocab_size, num_kv_shared_layers=2,
+        final_logit_softcapping=30.0, pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos,
+        initializer_range=0.02,
+    )
+    vision = Gemma4VisionConfig(
+        hidden_size=recipe.vision_hidden, intermediate_size=2 * recipe.vision_hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32, patch_size=16, pooling_kernel_size=3,
+        position_embedding_size=256, initializer_range=0.02,
+    )
+    return Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None,
+        boi_token_id=ids.boi, eoi_token_id=ids.eoi, image_token_id=ids.image, video_token_id=ids.video,
+        audio_token_id=ids.audio, boa_token_id=ids.boa, eoa_token_index=ids.eoa,
+        pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos, tie_word_embeddings=True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+@dataclass
+class EncodedClip:
+    """One clip as the runtime sees it: preprocessed frames plus the prompt pieces per frame."""
+    spec: synthetic.ClipSpec
+    pixel_values: np.ndarray      # f32 [N, P, 768]
+    position_ids: np.ndarray      # i64 [N, P, 2]
+    soft_tokens: list[int]
+    timestamps: np.ndarray        # seconds [N]
+
+
+def sample_frames(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The runtime's sampler (``edgevid.media.sample_video``) -> (frames, timestamps)."""
+    try:
+        from edgevid.media import sample_video
+    except ImportError:          # media helper not landed yet: same rule, floor(i * total / n), msec stamps
+        return _sample_frames_cv2(path, num_frames)
+    sampled = sample_video(str(path), num_frames=num_frames)
+    return sampled.frames, sampled.timestamps
+
+
+def _sample_frames_cv2(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted = set(range(total)) if total <= num_frames else {i * total // num_frames for i in range(num_frames)}
+    frames, stamps, index = [], [], 0
+    while capture.grab():
+        if index in wanted:
+            ok, bgr = capture.retrieve()
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            stamps.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+        index += 1
+    capture.release()
+    return np.stack(frames), np.array(stamps)
+
+
+def encode_clip(spec: synthetic.ClipSpec, recipe: DemoRecipe, workdir: Path,
+                frames_hook=None) -> EncodedClip:
+    """Render, write H.264 MP4, sample and preprocess exactly as the runtime will."""
+    from edgevid.model.preprocess import preprocess_video
+
+    path = synthetic.write_mp4(workdir / f"clip_{spec.seed}.mp4", synthetic.render_clip(spec), spec.fps)
+    frames, timestamps = sample_frames(path, recipe.num_frames)
+    path.unlink()
+    if frames_hook is not None:
+        frames = frames_hook(frames)
+    vision = preprocess_video(frames, max_soft_tokens=recipe.max_soft_tokens)
+    return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens), timestamps)
+
+
+def frame_timestamp(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
+
+
+class PromptBuilder:
+    """Chat template + video expansion + tokenisation, as the runtime's ``render_prompt`` does."""
+
+    def __init__(self, tokenizer_dir: Path):
+        import jinja2
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        config = json.loads((Path(tokenizer_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = (Path(tokenizer_dir) / "chat_template.jinja")
+        source = template.read_text(encoding="utf-8") if template.exists() else config["chat_template"]
+        self.template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(source)
+        self.boi, self.eoi = config["boi_token"], config["eoi_token"]
+        self.video = config.get("video_token", "<|video|>")
+        self.end_of_turn = "<turn|>"
+
+    def prompt_text(self, question: str, timestamps, soft_tokens) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        text = self.template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True)
+        frames = " ".join(f"{frame_timestamp(t)} {self.boi}{self.video * k}{self.eoi}"
+                          for t, k in zip(timestamps, soft_tokens))
+        return text.replace(self.video, frames, 1)
+
+    def encode(self, question: str, answer: str | None, timestamps, soft_tokens) -> tuple[list[int], int]:
+        """(ids, number of prompt ids); the answer ends with ``<turn|>``."""
+        prompt = self.tokenizer.encode(self.prompt_text(question, timestamps, soft_tokens),
+                                       add_special_tokens=False).ids
+        if answer is None:
+            return prompt, len(prompt)
+        target = self.tokenizer.encode(answer + self.end_of_turn, add_special_tokens=False).ids
+        return prompt + target, len(prompt)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def train_seed(recipe: DemoRecipe, step: int, k: int) -> int:
+    return (recipe.seed * 7_919 + step * recipe.clips_per_step + k) % HELD_OUT_SEED_BASE
+
+
+def held_out_specs(count: int, offset: int = 0) -> list[synthetic.ClipSpec]:
+    return [synthetic.make_clip_spec(HELD_OUT_SEED_BASE + offset + i) for i in range(count)]
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+def _batch(clips: list[EncodedClip], prompts: PromptBuilder, rng: np.random.Generator, pad_id: int):
+    """Token batch for every (clip, question) pair; labels only on answer tokens (and <turn|>)."""
+    import torch
+
+    rows, starts, owners = [], [], []
+    for c, clip in enumerate(clips):
+        for qa in synthetic.questions_for(clip.spec, rng):
+            ids, start = prompts.encode(qa.question, qa.answer, clip.timestamps, clip.soft_tokens)
+            rows.append(ids), starts.append(start), owners.append(c)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, start) in enumerate(zip(rows, starts)):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, start:len(ids)] = torch.tensor(ids[start:])
+        mask[i, :len(ids)] = 1
+    return input_ids, labels, mask, owners
+
+
+def _forward(model, clips: list[EncodedClip], input_ids, mask, owners):
+    """Vision tower once per clip; its features reused by every question about that clip."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    pixel_values = torch.from_numpy(np.concatenate([c.pixel_values for c in clips]))
+    positions = torch.from_numpy(np.concatenate([c.position_ids for c in clips]))
+    per_video = torch.tensor([c.pixel_values.shape[0] for c in clips])
+    features = model.model.get_video_features(pixel_values, positions, num_frames_per_video=per_video,
+                                              return_dict=True).pooler_output
+    video = BaseModelOutputWithPooling(pooler_output=[features[c] for c in owners])
+    return model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"video": video}).logits
+
+
+def answer_loss_and_hits(logits, labels):
+    """Mean cross-entropy over answer tokens, and per row whether greedy decoding reproduces the answer
+    (teacher forcing: every answer token is the argmax given the correct prefix)."""
+    import torch.nn.functional as F
+
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]).float(), shift_labels.reshape(-1),
+                           ignore_index=-100)
+    wrong = (shift_logits.argmax(-1) != shift_labels) & (shift_labels != -100)
+    return loss, ~wrong.any(dim=1)
+
+
+def _learning_rate(recipe: DemoRecipe, step: int) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def evaluate(model, clips: list[EncodedClip], prompts: PromptBuilder, pad_id: int, seed: int = 0) -> dict:
+    """Greedy exact-match accuracy per question kind (teacher-forced argmax, equivalent to greedy)."""
+    import torch
+
+    hits: dict[str, list[bool]] = {k: [] for k in synthetic.QUESTION_KINDS}
+    rng = np.random.default_rng(seed)
+    model.eval()
+    with torch.no_grad():
+        for clip in clips:   # questions_for asks one question per kind, in QUESTION_KINDS order
+            input_ids, labels, mask, owners = _batch([clip], prompts, rng, pad_id)
+            _, ok = answer_loss_and_hits(_forward(model, [clip], input_ids, mask, owners), labels)
+            for kind, good in zip(synthetic.QUESTION_KINDS, ok.tolist()):
+                hits[kind].append(good)
+    return {k: float(np.mean(v)) for k, v in hits.items() if v}
+
+
+def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print):
+    """Train from scratch; returns the model (eval mode) and the last held-out accuracy."""
+    import torch
+    from transformers import Gemma4ForConditionalGeneration
+
+    from .demo import demo_token_ids
+
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    model = Gemma4ForConditionalGeneration(demo_config(recipe))
+    prompts = PromptBuilder(tokenizer_dir)
+    pad = demo_token_ids().pad
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": other, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng(recipe.seed)
+    accuracy: dict = {}
+    with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
+        work = Path(tmp)
+        eval_clips = [encode_clip(s, recipe, work) for s in held_out_specs(recipe.eval_clips, offset=900_000)]
+        started = time.perf_counter()
+        for step in range(recipe.steps):
+            specs = [synthetic.make_clip_spec(train_seed(recipe, step, k)) for k in range(recipe.clips_per_step)]
+            clips = [encode_clip(s, recipe, work) for s in specs]
+            input_ids, labels, mask, owners = _batch(clips, prompts, rng, pad)
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(recipe, step)
+            loss, ok = answer_loss_and_hits(_forward(model, clips, input_ids, mask, owners), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if step % 20 == 0:
+                progress(f"step {step:5d}  loss {loss.item():.4f}  batch exact {ok.float().mean():.2f}  "
+                         f"{time.perf_counter() - started:6.0f}s")
+            if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
+                accuracy = evaluate(model, eval_clips, prompts, pad)
+                progress(f"held-out exact match @ {step + 1}: "
+                         + "  ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    return model.eval(), accuracy
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+def save_checkpoint(model, recipe: DemoRecipe, tokenizer_dir: Path, checkpoint_dir: Path) -> Path:
+    import shutil
+
+    from .demo import demo_token_ids
+
+    ids = demo_token_ids()
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = [ids.eos, ids.end_of_turn]
+    model.generation_config.pad_token_id = ids.pad
+    model.generation_config.bos_token_id = ids.bos
+    model.save_pretrained(checkpoint_dir)
+    for item in tokenizer_dir.iterdir():
+        shutil.copy2(item, checkpoint_dir / item.name)
+    write_processor_config(checkpoint_dir, recipe)
+    (checkpoint_dir / "demo_recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n", encoding="utf-8")
+    return checkpoint_dir
+
+
+def build_trained_demo(output_dir: str | Path, seed: int = 0, progress=print,
+                       precisions: tuple[str, ...] = ("fp32", "q4"), recipe: DemoRecipe | None = None) -> Path:
+    """Train the demo from scratch and export it: ``output_dir/checkpoint`` (HF folder) + model folder."""
+    recipe = recipe or DemoRecipe(seed=seed)
+    output = Path(output_dir)
+    checkpoint = output / "checkpoint"
+    with tempfile.TemporaryDirectory(prefix="edgevid-tok-") as tmp:
+        tokenizer_dir = Path(tmp)
+        build_task_tokenizer(tokenizer_dir)
+        write_processor_config(tokenizer_dir, recipe)
+        model, accuracy = train(recipe, tokenizer_dir, progress)
+        save_checkpoint(model, recipe, tokenizer_dir, checkpoint)
+    (checkpoint / "train_accuracy.json").write_text(json.dumps(accuracy, indent=2) + "\n", encoding="utf-8")
+    return export_demo(checkpoint, output, recipe, precisions, progress)
+
+
+def export_demo(checkpoint: Path, output: Path, recipe: DemoRecipe, precisions, progress=print) -> Path:
+    """``edgevid export`` of the checkpoint; make sure edgevid.json records the demo's video sampling."""
+    from .convert import export_model
+
+    export_model(str(checkpoint), output, precisions=tuple(precisions), progress=progress)
+    manifest_path = output / "edgevid.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    video = manifest.setdefault("video", {})
+    if video.get("num_frames") != recipe.num_frames or video.get("max_soft_tokens") != recipe.max_soft_tokens:
+        video.update(num_frames=recipe.num_frames, max_soft_tokens=recipe.max_soft_tokens)
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return output
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="folder for checkpoint/ and the exported model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=DemoRecipe.steps)
+    parser.add_argument("--precisions", default="fp32,q4")
+    args = parser.parse_args(argv)
+    recipe = DemoRecipe(seed=args.seed, steps=args.steps)
+    build_trained_demo(args.output, seed=args.seed, recipe=recipe, precisions=tuple(args.precisions.split(",")))
+
+
+if __name__ == "__main__":
+    main()
