@@ -1,0 +1,286 @@
+"""Sample frames from a video with OpenCV: :func:`sample_video` -> :class:`SampledVideo`.
+
+Indices are ``floor(i * total / n)`` (transformers' Gemma 4 video processor), every frame when the clip
+has fewer than ``n``. Timestamps are the container's presentation times (``CAP_PROP_POS_MSEC`` read after
+each grab), so variable-frame-rate clips get true times. OpenCV applies rotation metadata itself.
+
+Frame counts from headers are not trusted: a target past the real end, or a frame found after the
+claimed end, means the count was wrong; the true count is then measured (by grabbing, from the last
+position known exactly) and the right indices are sampled. Nothing falls back to "the first n frames".
+
+Per gap between targets the reader either grabs forward or seeks, whichever its running cost estimates
+say is cheaper. A seek is trusted only if the frame it lands on has the time a constant-rate clip would
+give that index; otherwise the clip is treated as variable-rate and read sequentially from then on.
+Memory holds only the sampled frames.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # FFmpeg's own warnings (truncated files...) off
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edgevid.errors import EmptyMediaError, InvalidRequestError, UnreadableMediaError
+
+from .policy import SourcePolicy
+from .sources import MediaSource, open_source
+
+log = logging.getLogger(__name__)
+
+MODES = ("accurate", "fast")
+DEFAULT_FPS = 24.0
+FIRST_SEEK_GAP_SECONDS = 2.0    # before any seek was timed, seek across gaps longer than this
+
+
+@dataclass(frozen=True)
+class SampledVideo:
+    frames: np.ndarray        # uint8 RGB [N, H, W, 3]
+    timestamps: np.ndarray    # float64 seconds [N]
+    indices: np.ndarray       # int64 [N]
+    fps: float
+    duration: float
+    frame_count: int
+    width: int
+    height: int
+    source: str
+
+
+def sample_indices(total: int, num_frames: int) -> np.ndarray:
+    """``floor(i * total / n)`` for i < n, or every index when ``total <= n``."""
+    if total <= num_frames:
+        return np.arange(total, dtype=np.int64)
+    return np.arange(num_frames, dtype=np.int64) * total // num_frames
+
+
+def sample_video(source, num_frames: int = 32, mode: str = "accurate",
+                 policy: SourcePolicy | None = None) -> SampledVideo:
+    """Decode ``num_frames`` frames from a path, URL, data URL, bytes or :class:`MediaSource`."""
+    if not isinstance(num_frames, int) or num_frames < 1:
+        raise InvalidRequestError(f"num_frames must be a positive integer, not {num_frames!r}", param="num_frames")
+    if mode not in MODES:
+        raise InvalidRequestError(f"mode must be one of {list(MODES)}, not {mode!r}", param="mode")
+    owned = not isinstance(source, MediaSource)
+    media = open_source(source, policy)
+    try:
+        if media.kind == "gif":
+            from .gif import sample_gif
+            return sample_gif(media, num_frames)
+        if media.kind == "image":
+            from .images import image_as_video
+            return image_as_video(media)
+        if mode == "fast":
+            from .keyframes import sample_keyframes
+            sampled = sample_keyframes(media, num_frames)
+            if sampled is not None:
+                return sampled
+        return _sample_opencv(media, num_frames)
+    finally:
+        if owned:
+            media.close()
+
+
+# ---- OpenCV reader with an exactly known position --------------------------------------------------------
+class _Reader:
+    """A cv2.VideoCapture that knows the index of its current frame exactly (``current``; ``pos`` is the
+    index the next grab returns)."""
+
+    def __init__(self, path: str, source: str):
+        self.path, self.source = path, source
+        self.cap = _open_capture(path, source)
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps_known = math.isfinite(fps) and 0 < fps < 1000
+        self.fps = fps if self.fps_known else DEFAULT_FPS
+        count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.header_count = int(count) if math.isfinite(count) and count > 0 else 0
+        self.pos, self.current, self.last_good = 0, None, -1
+        self.first_ms: float | None = None
+        self.current_ms: float | None = None
+        self.seekable = self.fps_known and self.header_count > 1
+        self.grab_seconds = 0.004          # running cost estimates (seconds)
+        self.seek_seconds: float | None = None
+        self.grabs = self.seeks = 0
+
+    def close(self) -> None:
+        self.cap.release()
+
+    def reopen(self) -> None:
+        self.cap.release()
+        self.cap = _open_capture(self.path, self.source)
+        self.pos, self.current, self.current_ms = 0, None, None
+
+    @property
+    def frame_ms(self) -> float:
+        return 1000.0 / self.fps
+
+    def grab(self) -> bool:
+        start = time.perf_counter()
+        if not self.cap.grab():
+            return False
+        self.grabs += 1
+        self.grab_seconds = 0.9 * self.grab_seconds + 0.1 * (time.perf_counter() - start)
+        ms = self._time_ms(self.pos)
+        if self.pos == 0:
+            self.first_ms = ms
+        elif self.seekable and not self._on_grid(self.pos, ms):
+            log.info("%s: frame %d at %.1f ms is off the %.3f fps grid: variable frame rate, no seeking",
+                     self.source, self.pos, ms, self.fps)
+            self.seekable = False
+        self._landed(self.pos, ms)
+        return True
+
+    def _time_ms(self, index: int) -> float:
+        """The current frame's presentation time; a frame without one (0 after frame 0, as the last
+        frame of some MPEG streams) is placed one frame after the previous."""
+        ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        if index > 0 and ms <= 0 and self.current == index - 1 and self.current_ms is not None:
+            return self.current_ms + self.frame_ms
+        return ms
+
+    def _landed(self, index: int, ms: float) -> None:
+        self.current, self.pos, self.current_ms = index, index + 1, ms
+        self.last_good = max(self.last_good, index)
+
+    def _on_grid(self, index: int, ms: float) -> bool:
+        return abs(ms - (self.first_ms or 0.0) - index * self.frame_ms) <= 0.5 * self.frame_ms
+
+    def seek(self, index: int) -> bool | None:
+        """Make ``index`` the current frame by seeking. True = landed (time verified), False = past the
+        end, None = the landing time proves the clip variable-rate (position unknown: reopen)."""
+        start = time.perf_counter()
+        self.cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok = self.cap.grab()
+        elapsed = time.perf_counter() - start
+        self.seek_seconds = elapsed if self.seek_seconds is None else 0.7 * self.seek_seconds + 0.3 * elapsed
+        self.seeks += 1
+        self.current = None
+        if not ok:
+            return False
+        ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        if not self._on_grid(index, ms):
+            log.info("%s: seek to frame %d landed at %.1f ms: variable frame rate, reading sequentially",
+                     self.source, index, ms)
+            self.seekable = False
+            return None
+        self._landed(index, ms)
+        return True
+
+    def should_seek(self, gap: int) -> bool:
+        if not self.seekable or gap <= 1:
+            return False
+        if self.seek_seconds is None:
+            return gap > max(FIRST_SEEK_GAP_SECONDS * self.fps, 48)
+        return gap * self.grab_seconds > self.seek_seconds
+
+    def retrieve(self) -> tuple[np.ndarray, float]:
+        ok, bgr = self.cap.retrieve()
+        if not ok or bgr is None:
+            raise UnreadableMediaError(f"could not decode frame {self.current}", source=self.source)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (self.current_ms - (self.first_ms or 0.0)) / 1000.0
+
+    def fetch(self, target: int) -> None:
+        """Make frame ``target`` current (grab forward or seek, whichever is cheaper); raises _Short."""
+        if self.current == target:
+            return
+        if target < self.pos or self.should_seek(target - self.pos):
+            if self.seekable and target > 0:
+                landed = self.seek(target)
+                if landed:
+                    return
+                if landed is False:
+                    raise _Short(None)
+            self.reopen()
+        while self.pos <= target:
+            if not self.grab():
+                raise _Short(self.pos)
+
+
+class _Short(Exception):
+    """The clip ended before a wanted frame; ``count`` is the true frame count when known exactly."""
+
+    def __init__(self, count: int | None):
+        super().__init__(count)
+        self.count = count
+
+
+def _open_capture(path: str, source: str) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        from .probe import describe_unopenable
+        raise describe_unopenable(path, source)
+    return cap
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------
+def _sample_opencv(media: MediaSource, num_frames: int) -> SampledVideo:
+    reader = _Reader(media.path, media.source)
+    try:
+        total = reader.header_count or _count_frames(reader)
+        cache: dict[int, tuple[np.ndarray, float]] = {}
+        for _ in range(3):
+            if total == 0:
+                raise EmptyMediaError("the video decodes to zero frames", source=media.source)
+            targets = [int(t) for t in sample_indices(total, num_frames)]
+            cache = {i: item for i, item in cache.items() if i in set(targets)}
+            try:
+                for target in targets:
+                    if target not in cache:
+                        reader.fetch(target)
+                        cache[target] = reader.retrieve()
+                true_total = _check_end(reader, total)
+            except _Short as short:
+                true_total = short.count if short.count is not None else _count_rest(reader)
+            if true_total == total:
+                break
+            log.warning("%s: the container claims %d frames but holds %d; resampling", media.source, total,
+                        true_total)
+            total = true_total
+        else:
+            raise UnreadableMediaError("the frame count could not be established", source=media.source)
+        log.debug("%s: %d grabs, %d seeks", media.source, reader.grabs, reader.seeks)
+        return _result(media.source, reader, [cache[t] for t in targets], targets, total)
+    finally:
+        reader.close()
+
+
+def _check_end(reader: _Reader, total: int) -> int:
+    """Prove ``total``: frame total-1 must exist and frame total must not. Returns the true count."""
+    reader.fetch(total - 1)
+    while reader.grab():                  # frames beyond the claimed end: count them
+        pass
+    return reader.pos
+
+
+def _count_rest(reader: _Reader) -> int:
+    """The true count after a seek found no frame: grab on from the last frame known to exist."""
+    if reader.last_good >= 0 and reader.seekable and reader.last_good > 0:
+        if reader.seek(reader.last_good):
+            while reader.grab():
+                pass
+            return reader.pos
+    return _count_frames(reader)
+
+
+def _count_frames(reader: _Reader) -> int:
+    """Count frames by grabbing from the start (when no count is known or seeking cannot be trusted)."""
+    log.info("%s: counting frames", reader.source)
+    reader.reopen()
+    while reader.grab():
+        pass
+    return reader.pos
+
+
+def _result(source: str, reader: _Reader, items: list, targets: list[int], total: int) -> SampledVideo:
+    frames = np.stack([frame for frame, _ in items])
+    timestamps = np.array([ts for _, ts in items], dtype=np.float64)
+    fps = reader.fps
+    duration = max(total / fps, float(timestamps[-1]) + 1.0 / fps)
+    return SampledVideo(frames=frames, timestamps=timestamps, indices=np.array(targets, dtype=np.int64),
+                        fps=float(fps), duration=float(duration), frame_count=int(total),
+                        width=int(frames.shape[2]), height=int(frames.shape[1]), source=source)
+
