@@ -10,9 +10,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from tokenizers import Tokenizer as _BackendTokenizer
 
@@ -115,8 +114,7 @@ class IncrementalDetokenizer:
                 yield piece
 
 
-@dataclass(frozen=True)
-class StopResult:
+class StopResult(NamedTuple):
     text: str          # text safe to emit now
     stopped: bool      # a stop string was found; ``text`` ends right before it
 
