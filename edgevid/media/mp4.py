@@ -5,6 +5,7 @@ to find keyframes (``stss``), their byte ranges and presentation times without d
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ class Track:
     config: bytes = b""                # avcC / hvcC payload
     stbl: dict | None = None           # raw sample-table boxes
     media_time: int = 0                # first edit list entry's media time (timescale units)
+    rotation: int = 0                  # display rotation from the track matrix, degrees counter-clockwise
 
 
 @dataclass
@@ -32,6 +34,8 @@ class VideoIndex:
     sizes: np.ndarray        # bytes per sample
     keyframes: np.ndarray    # decode-order sample numbers (0-based) of sync samples
     display_order: np.ndarray   # decode-order sample number of display frame i
+    duration: float          # seconds, first displayed frame to the end of the last
+    rotation: int            # degrees counter-clockwise (as FFmpeg's display matrix rotation)
 
     @property
     def frame_count(self) -> int:
@@ -110,6 +114,9 @@ def _track(data: bytes, a: int, b: int) -> Track | None:
     if hdlr is None:
         return None
     track = Track(handler=data[hdlr[0] + 8: hdlr[0] + 12].decode("latin-1"))
+    tkhd = _child(data, a, b, "tkhd")
+    if tkhd:
+        track.rotation = _rotation(data, tkhd[0])
     mdhd = _child(data, a, b, "mdia/mdhd")
     if mdhd:
         version = data[mdhd[0]]
@@ -129,6 +136,16 @@ def _track(data: bytes, a: int, b: int) -> Track | None:
                 if kind in ("avcC", "hvcC"):
                     track.config = stsd[ca:cb]
     return track
+
+
+def _rotation(data: bytes, a: int) -> int:
+    matrix_at = a + (52 if data[a] == 1 else 40)
+    m00, m01 = struct.unpack_from(">ii", data, matrix_at)
+    m10, m11 = struct.unpack_from(">ii", data, matrix_at + 12)
+    if (m00, m01, m10, m11) == (65536, 0, 0, 65536):
+        return 0
+    # FFmpeg: rotation = atan2(m01, m00) read with the matrix transposed -> counter-clockwise degrees
+    return round(math.degrees(math.atan2(m10, m00))) % 360
 
 
 def _first_media_time(data: bytes, a: int, b: int) -> int:
@@ -176,8 +193,10 @@ def _index(track: Track) -> VideoIndex | None:
         keyframes = np.frombuffer(stbl["stss"], ">u4", count, 8).astype(np.int64) - 1
     else:
         keyframes = np.arange(n, dtype=np.int64)       # every sample is a sync sample
+    deltas = _runs(stbl.get("stts", b""), n)
+    duration = float(pts.max()) + (deltas[-1] / track.timescale if n else 0.0)
     return VideoIndex(codec=track.codec, config=track.config, pts=pts, offsets=offsets, sizes=sizes,
-                      keyframes=keyframes, display_order=display)
+                      keyframes=keyframes, display_order=display, duration=duration, rotation=track.rotation)
 
 
 def _stsz(box: bytes) -> np.ndarray | None:
