@@ -1,0 +1,385 @@
+"""Quantised variants of an exported graph: fp16, int8 (dynamic) and q4 (MatMulNBits), all with onnxruntime's
+own tools, plus ``top1_agreement`` to measure a variant against the fp32 decoder.
+
+    quantize_graph("decoder_model_merged.onnx", "decoder_model_merged_q4.onnx", "q4")
+
+- ``fp16``: ``onnxruntime.transformers.float16.convert_float_to_float16`` with fp32 graph inputs/outputs and
+  the numerically fragile parts kept fp32 (see :func:`fp16_blocked_nodes`).
+- ``int8``: ``quantize_dynamic`` — int8 weights for MatMul (per output channel) and Gather (embedding
+  tables), activations quantised per call.
+- ``q4``: ``MatMulNBitsQuantizer`` — 4-bit symmetric blocks of 32 for MatMul weights (``MatMulNBits``) and
+  embedding tables (``GatherBlockQuantized``), RTN.
+
+Graphs stored with external data are read with it; a result whose weights pass 2 GB is written with
+``<name>.onnx_data`` beside it (the onnx-community layout), otherwise as one file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgevid.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp16", "int8", "q4")
+TWO_GB = 2 * 1024 ** 3
+FP16_MAX = 65504.0
+Q4_BLOCK = 32
+
+# Always fp32: the RMSNorm pattern (x^2, mean, sqrt or x^-0.5, division), softmax, the soft-cap tanh (and its
+# x/30 division), and ops onnxruntime's converter keeps fp32 anyway.
+FP16_BLOCKED_OPS = (
+    "Pow", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Softmax", "Tanh", "Exp", "Log",
+    "LayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+    "RMSNormalization", "SkipLayerNormalization",
+)
+# Ops a blocked region may spread through (data movement and elementwise), from a seed to a stop.
+_REGION_OPS = {"Add", "Sub", "Mul", "Where", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Slice", "Concat",
+               "Transpose", "Gather", "GatherND", "Cast", "Identity", "Max", "Min", "ReduceMean", "Pow", "Sqrt",
+               "Div", "Neg"}
+_REGION_LIMIT = 64
+
+
+def quantize_graph(src_onnx, dst_onnx, precision: str) -> Path:
+    """Write the ``precision`` variant of ``src_onnx`` to ``dst_onnx`` and return ``dst_onnx``.
+
+    Raises ``ExportError`` for an unknown precision, a missing source, or a result that onnxruntime cannot
+    load.
+    """
+    src, dst = Path(src_onnx), Path(dst_onnx)
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if not src.is_file():
+        raise ExportError(f"graph to quantise not found: {src}", source=str(src))
+    if src.resolve() == dst.resolve():
+        raise ExportError(f"refusing to overwrite the source graph {src}", source=str(src))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_graph(dst)
+    {"fp16": _to_fp16, "int8": _to_int8, "q4": _to_q4}[precision](src, dst)
+    _check_loads(dst)
+    return dst
+
+
+# ---- fp16 ------------------------------------------------------------------------------------------------
+def _to_fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    with _inferred_copy(src) as inferred:
+        model = onnx.load(str(inferred))
+        blocked_ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCKED_OPS))
+        nodes = fp16_blocked_nodes(model)
+        log.info("fp16 %s: %d nodes kept fp32 beside the ops %s", src.name, len(nodes), blocked_ops)
+        converted = convert_float_to_float16(
+            model, keep_io_types=True, disable_shape_infer=True, op_block_list=blocked_ops,
+            node_block_list=sorted(nodes),
+        )
+    _check_fp16_constants(converted, src)
+    save_graph(converted, dst)
+
+
+def fp16_blocked_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes (beyond the blocked op types) that must stay fp32 in the fp16 variant.
+
+    - Masks: every node reading a float constant outside fp16's range (the -1e9 / float32-min mask fill),
+      and the nodes after it up to the Softmax, so the additive mask never becomes -inf.
+    - ``sqrt(n)`` scale-ups (a Mul by a scalar whose square is an integer >= 16, like the vision pooler's
+      ``sqrt(hidden)``), and the nodes after it up to the next normalisation, so pooled features that pass
+      65504 once scaled stay fp32 until the norm brings them back.
+    - The residual stream: Adds of two activations that feed a norm or the next residual Add, and the
+      per-layer scalar Mul that follows them.
+    """
+    graph = _GraphView(model.graph)
+    blocked: set[str] = set()
+    for node in graph.nodes:
+        if any(graph.out_of_fp16_range(name) for name in node.input):
+            blocked |= graph.region_from(node, stop_ops={"Softmax"})
+        elif node.op_type == "Mul" and graph.is_sqrt_scale(node):
+            blocked |= graph.region_from(node, stop_ops=set(), stop=graph.is_normalising_mul)
+    for node in graph.nodes:
+        if graph.is_residual_add(node):
+            blocked.add(node.name)
+            for consumer in graph.consumers_of(node):
+                if consumer.op_type == "Mul" and graph.scalar_constant(consumer) is not None:
+                    blocked.add(consumer.name)
+    return blocked
+
+
+class _GraphView:
+    """Producers, consumers and constant values of one graph, for the fp16 rules."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.nodes = list(graph.node)
+        self.constants = {t.name: t for t in graph.initializer}
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        self.constants[node.output[0]] = attr.t
+        self.producer = {out: node for node in self.nodes for out in node.output}
+        self.consumers: dict[str, list] = {}
+        for node in self.nodes:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self._values: dict[str, np.ndarray] = {}
+
+    def value(self, name: str) -> np.ndarray | None:
+        if name not in self.constants:
+            return None
+        if name not in self._values:
+            self._values[name] = numpy_helper.to_array(self.constants[name])
+        return self._values[name]
+
+    def out_of_fp16_range(self, name: str) -> bool:
+        tensor = self.constants.get(name)
+        if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+            return False
+        if np.prod(tensor.dims, dtype=np.int64) > 1024:    # weights are never mask fills
+            return False
+        array = self.value(name)
+        return bool(array.size and np.abs(array).max() > FP16_MAX)
+
+    def scalar_constant(self, node) -> float | None:
+        for name in node.input:
+            array = self.value(name)
+            if array is not None and array.size == 1 and array.dtype.kind == "f":
+                return float(array.ravel()[0])
+        return None
+
+    def is_sqrt_scale(self, node) -> bool:
+        c = self.scalar_constant(node)
+        if c is None or c <= 1.0:
+            return False
+        square = c * c
+        return square >= 16 and abs(square - round(square)) < 1e-3 * square
+
+    def is_normalising_mul(self, node) -> bool:
+        """``x * rsqrt(...)``: a Mul fed by ``Pow(_, -0.5)`` or ``Reciprocal``, or a Div by a Sqrt."""
+        if node.op_type == "Div":
+            divisor = self.producer.get(node.input[1])
+            return divisor is not None and divisor.op_type == "Sqrt"
+        if node.op_type != "Mul":
+            return False
+        for name in node.input:
+            src = self.producer.get(name)
+            if src is None:
+                continue
+            if src.op_type == "Reciprocal":
+                return True
+            if src.op_type == "Pow":
+                exponent = self.value(src.input[1])
+                if exponent is not None and exponent.size == 1 and float(exponent.ravel()[0]) < 0:
+                    return True
+        return False
+
+    def is_activation(self, name: str) -> bool:
+        return name not in self.constants
+
+    def consumers_of(self, node) -> list:
+        return [c for out in node.output for c in self.consumers.get(out, [])]
+
+    def is_residual_add(self, node) -> bool:
+        if node.op_type != "Add" or not all(self.is_activation(i) for i in node.input):
+            return False
+        return any(c.op_type in ("Pow", "ReduceMean") or (c.op_type == "Add" and self.feeds_norm(c))
+                   for c in self.consumers_of(node))
+
+    def feeds_norm(self, node) -> bool:
+        return any(c.op_type in ("Pow", "ReduceMean") for c in self.consumers_of(node))
+
+    def region_from(self, seed, stop_ops: set[str], stop=None) -> set[str]:
+        """``seed`` and the nodes reachable from it through region ops, ending at (and including) a node of
+        ``stop_ops`` or one for which ``stop(node)`` holds."""
+        region, frontier = {seed.name}, [seed]
+        while frontier and len(region) < _REGION_LIMIT:
+            node = frontier.pop()
+            for consumer in self.consumers_of(node):
+                if consumer.name in region:
+                    continue
+                if consumer.op_type in stop_ops or (stop is not None and stop(consumer)):
+                    region.add(consumer.name)
+                elif consumer.op_type in _REGION_OPS:
+                    region.add(consumer.name)
+                    frontier.append(consumer)
+        return region
+
+
+def _check_fp16_constants(model: onnx.ModelProto, src: Path) -> None:
+    """No fp16 constant may be NaN, and none may be infinite unless the fp32 source had it infinite."""
+    for tensor in _all_constants(model.graph):
+        if tensor.data_type != onnx.TensorProto.FLOAT16:
+            continue
+        array = numpy_helper.to_array(tensor)
+        if np.isnan(array).any():
+            raise ExportError(f"fp16 conversion of {src.name} made NaN in constant {tensor.name}", source=str(src))
+        if np.isinf(array).any():
+            log.warning("fp16 %s: constant %s holds +-inf (as in the fp32 graph)", src.name, tensor.name)
+
+
+def _all_constants(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+# ---- int8 and q4 -----------------------------------------------------------------------------------------
+def _to_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _inferred_copy(src) as inferred:
+        model = onnx.load(str(inferred))
+        big = _weights_bytes(model) >= TWO_GB
+        with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+            out = Path(tmp) / dst.name
+            quantize_dynamic(
+                model, out, op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
+                weight_type=QuantType.QInt8, use_external_data_format=big,
+                extra_options={"MatMulConstBOnly": True},
+            )
+            save_graph(onnx.load(str(out)), dst)
+
+
+def _to_q4(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer,
+    )
+
+    model = load_graph(src)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=Q4_BLOCK, is_symmetric=True, accuracy_level=None, bits=4,
+        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    with np.errstate(divide="ignore", invalid="ignore"):   # all-zero blocks (e.g. the pad row) get scale 0
+        quantizer.process()
+    save_graph(quantizer.model.model, dst)
+
+
+# ---- files -----------------------------------------------------------------------------------------------
+def load_graph(path) -> onnx.ModelProto:
+    """The graph with its external data (if any) loaded."""
+    path = Path(path)
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as exc:
+        raise ExportError(f"cannot read ONNX graph {path}: {exc}", source=str(path)) from exc
+
+
+def save_graph(model: onnx.ModelProto, path) -> Path:
+    """Save inline, or with ``<name>.onnx_data`` beside it when the weights reach 2 GB."""
+    path = Path(path)
+    if _weights_bytes(model) >= TWO_GB:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + "_data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _weights_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data"):
+            total += len(tensor.raw_data)
+        else:
+            total += int(np.prod(tensor.dims, dtype=np.int64)) * 4
+    return total
+
+
+class _inferred_copy:
+    """Context manager: a shape-inferred copy of ``src`` beside it (so external data still resolves),
+    made with ``infer_shapes_path``, which works past 2 GB. Removed on exit."""
+
+    def __init__(self, src: Path):
+        self.src = src
+
+    def __enter__(self) -> Path:
+        handle, name = tempfile.mkstemp(suffix=".onnx", dir=self.src.parent)
+        os.close(handle)
+        self.path = Path(name)
+        try:
+            onnx.shape_inference.infer_shapes_path(str(self.src), str(self.path))
+        except Exception as exc:   # inference is a help, not a requirement
+            log.info("shape inference failed on %s (%s); using the graph as is", self.src.name, exc)
+            self.path.unlink(missing_ok=True)
+            return self.src
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if self.path != self.src:
+            self.path.unlink(missing_ok=True)
+
+
+def _remove_graph(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + "_data")):
+        if stale.exists():
+            stale.unlink()
+
+
+def _check_loads(path: Path) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"onnxruntime cannot load the quantised graph {path}: {exc}", source=str(path)) from exc
+
+
+# ---- measuring a variant ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Agreement:
+    """How a variant's decoder logits compare with the fp32 decoder's on the same inputs."""
+
+    top1: float                # share of positions whose argmax agrees
+    max_abs_logit_diff: float
+    positions: int
+
+
+def decoder_feed(decoder_onnx, inputs_embeds: np.ndarray, per_layer_inputs: np.ndarray | None = None) -> dict:
+    """Prefill inputs for ``decoder_model_merged`` (docs/ARCHITECTURE.md): the given embeddings, a full
+    attention mask, positions 0..seq-1 and an empty cache shaped from the graph's own cache inputs."""
+    import onnxruntime as ort
+
+    batch, seq = inputs_embeds.shape[:2]
+    session = ort.InferenceSession(str(decoder_onnx), providers=["CPUExecutionProvider"])
+    feed = {"inputs_embeds": inputs_embeds.astype(np.float32)}
+    for arg in session.get_inputs():
+        name = arg.name
+        if name == "per_layer_inputs":
+            if per_layer_inputs is None:
+                raise ExportError("the decoder takes per_layer_inputs; pass them", source=str(decoder_onnx))
+            feed[name] = per_layer_inputs.astype(np.float32)
+        elif name == "attention_mask":
+            feed[name] = np.ones((batch, seq), dtype=np.int64)
+        elif name == "position_ids":
+            feed[name] = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))
+        elif name.startswith("past_key_values."):
+            heads, head_dim = arg.shape[1], arg.shape[3]
+            feed[name] = np.zeros((batch, heads, 0, head_dim), dtype=np.float32)
+    return feed
+
+
+def top1_agreement(reference_decoder, variant_decoder, feed: dict) -> Agreement:
+    """Run both decoder graphs on ``feed`` (e.g. from :func:`decoder_feed`) and compare their logits."""
+    import onnxruntime as ort
+
+    logits = []
+    for path in (reference_decoder, variant_decoder):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        logits.append(session.run(["logits"], {k: v for k, v in feed.items() if k in names})[0].astype(np.float32))
+    reference, variant = logits
+    agree = reference.argmax(-1) == variant.argmax(-1)
+    return Agreement(top1=float(agree.mean()), max_abs_logit_diff=float(np.abs(reference - variant).max()),
+                     positions=int(agree.size))
