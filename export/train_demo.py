@@ -44,6 +44,7 @@ class DemoRecipe:
     vocab_size: int = 1024
     text_hidden: int = 64
     vision_hidden: int = 64
+    vision_layers: int = 1
     eval_every: int = 100
     eval_clips: int = 12
 
@@ -139,7 +140,7 @@ def demo_config(recipe: DemoRecipe):
         initializer_range=0.02,
     )
     vision = Gemma4VisionConfig(
-        hidden_size=recipe.vision_hidden, intermediate_size=2 * recipe.vision_hidden, num_hidden_layers=2,
+        hidden_size=recipe.vision_hidden, intermediate_size=2 * recipe.vision_hidden, num_hidden_layers=recipe.vision_layers,
         num_attention_heads=2, num_key_value_heads=2, head_dim=32, patch_size=16, pooling_kernel_size=3,
         position_embedding_size=256, initializer_range=0.02,
     )
@@ -271,11 +272,13 @@ def _batch(clips: list[EncodedClip], prompts: PromptBuilder, rng: np.random.Gene
         input_ids[i, :len(ids)] = torch.tensor(ids)
         labels[i, start:len(ids)] = torch.tensor(ids[start:])
         mask[i, :len(ids)] = 1
-    return input_ids, labels, mask, owners
+    keep = width - min(starts) + 1          # positions whose logits predict an answer token
+    return input_ids, labels, mask, owners, keep
 
 
-def _forward(model, clips: list[EncodedClip], input_ids, mask, owners):
-    """Vision tower once per clip; its features reused by every question about that clip."""
+def _forward(model, clips: list[EncodedClip], input_ids, mask, owners, keep: int = 0):
+    """Vision tower once per clip; its features reused by every question about that clip. ``keep`` > 0:
+    logits for the last ``keep`` positions only (where the answers are)."""
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -285,7 +288,8 @@ def _forward(model, clips: list[EncodedClip], input_ids, mask, owners):
     features = model.model.get_video_features(pixel_values, positions, num_frames_per_video=per_video,
                                               return_dict=True).pooler_output
     video = BaseModelOutputWithPooling(pooler_output=[features[c] for c in owners])
-    return model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"video": video}).logits
+    return model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"video": video},
+                 logits_to_keep=keep).logits
 
 
 def answer_loss_and_hits(logits, labels):
@@ -316,15 +320,34 @@ def evaluate(model, clips: list[EncodedClip], prompts: PromptBuilder, pad_id: in
     model.eval()
     with torch.no_grad():
         for clip in clips:   # questions_for asks one question per kind, in QUESTION_KINDS order
-            input_ids, labels, mask, owners = _batch([clip], prompts, rng, pad_id)
-            _, ok = answer_loss_and_hits(_forward(model, [clip], input_ids, mask, owners), labels)
+            input_ids, labels, mask, owners, keep = _batch([clip], prompts, rng, pad_id)
+            logits = _forward(model, [clip], input_ids, mask, owners, keep)
+            _, ok = answer_loss_and_hits(logits, labels[:, -keep:])
             for kind, good in zip(synthetic.QUESTION_KINDS, ok.tolist()):
                 hits[kind].append(good)
     return {k: float(np.mean(v)) for k, v in hits.items() if v}
 
 
-def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print):
-    """Train from scratch; returns the model (eval mode) and the last held-out accuracy."""
+def _encode_seed(args) -> EncodedClip:
+    """Worker side of the clip pipeline (a top-level function so spawn-based pools can pickle it)."""
+    seed, recipe, workdir = args
+    return encode_clip(synthetic.make_clip_spec(seed), recipe, Path(workdir))
+
+
+def _clip_stream(recipe: DemoRecipe, workdir: Path, pool):
+    """Training clips in step order, rendered and encoded by a worker process ahead of the trainer."""
+    seeds = ((train_seed(recipe, step, k), recipe, str(workdir))
+             for step in range(recipe.steps) for k in range(recipe.clips_per_step))
+    return pool.imap(_encode_seed, seeds, chunksize=1) if pool is not None else map(_encode_seed, seeds)
+
+
+def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int = 1):
+    """Train from scratch; returns the model (eval mode) and the last held-out accuracy.
+
+    One torch thread: on a small shared CPU, oversubscribed intra-op threads cost 3-10x; clip rendering and
+    encoding run in ``workers`` separate processes instead."""
+    import multiprocessing
+
     import torch
     from transformers import Gemma4ForConditionalGeneration
 
@@ -341,30 +364,46 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print):
                                    {"params": other, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(recipe.seed)
     accuracy: dict = {}
-    with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
-        work = Path(tmp)
-        eval_clips = [encode_clip(s, recipe, work) for s in held_out_specs(recipe.eval_clips, offset=900_000)]
-        started = time.perf_counter()
-        for step in range(recipe.steps):
-            specs = [synthetic.make_clip_spec(train_seed(recipe, step, k)) for k in range(recipe.clips_per_step)]
-            clips = [encode_clip(s, recipe, work) for s in specs]
-            input_ids, labels, mask, owners = _batch(clips, prompts, rng, pad)
-            model.train()
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(recipe, step)
-            loss, ok = answer_loss_and_hits(_forward(model, clips, input_ids, mask, owners), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if step % 20 == 0:
-                progress(f"step {step:5d}  loss {loss.item():.4f}  batch exact {ok.float().mean():.2f}  "
-                         f"{time.perf_counter() - started:6.0f}s")
-            if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
-                accuracy = evaluate(model, eval_clips, prompts, pad)
-                progress(f"held-out exact match @ {step + 1}: "
-                         + "  ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
+            accuracy = _train_loop(model, optimizer, recipe, prompts, pad, rng, Path(tmp), pool, progress)
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.terminate()
     return model.eval(), accuracy
+
+
+def _train_loop(model, optimizer, recipe, prompts, pad, rng, work: Path, pool, progress) -> dict:
+    import torch
+
+    accuracy: dict = {}
+    eval_clips = [encode_clip(s, recipe, work) for s in held_out_specs(recipe.eval_clips, offset=900_000)]
+    stream = _clip_stream(recipe, work, pool)
+    started = time.perf_counter()
+    for step in range(recipe.steps):
+        clips = [next(stream) for _ in range(recipe.clips_per_step)]
+        input_ids, labels, mask, owners, keep = _batch(clips, prompts, rng, pad)
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(recipe, step)
+        logits = _forward(model, clips, input_ids, mask, owners, keep)
+        loss, ok = answer_loss_and_hits(logits, labels[:, -keep:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 20 == 0:
+            progress(f"step {step:5d}  loss {loss.item():.4f}  batch exact {ok.float().mean():.2f}  "
+                     f"{time.perf_counter() - started:6.0f}s")
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
+            accuracy = evaluate(model, eval_clips, prompts, pad)
+            progress(f"held-out exact match @ {step + 1}: "
+                     + "  ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    return accuracy
 
 
 # ----------------------------------------------------------------------------------------------- build
