@@ -87,7 +87,7 @@ def test_long_clip_seeks_and_stays_exact(tmp_path, caplog):
 def test_rotation_metadata_is_applied(tmp_path, rotation, k):
     path = write_clip(tmp_path / f"r{rotation}.mp4", frames=40, rotation=rotation)
     with av.open(str(path)) as container:                 # the metadata is really in the file
-        assert next(container.decode(video=0)).rotation == rotation
+        assert next(container.decode(video=0)).rotation % 360 == rotation
     video = sample_video(path, num_frames=8)
     size = (120, 160) if rotation in (90, 270) else (160, 120)
     assert (video.width, video.height) == size and video.frames.shape[1:3] == (size[1], size[0])
