@@ -218,3 +218,9 @@ def test_fast_mode_falls_back_to_accurate(tmp_path, caplog):
     assert_right_frames(video, webm, 100, 8)
     cut = truncate(write_clip(tmp_path / "c.mp4", frames=300, gop=30, faststart=True), 0.5)
     assert_right_frames(sample_video(cut, 8, mode="fast"), cut, len(probe_frames(cut)), 8)
+
+
+def test_times_when_opencv_loses_the_start_time(tmp_path):
+    """H.264 in Matroska at 1 fps: packets without DTS make OpenCV's POS_MSEC run backwards."""
+    path = write_clip(tmp_path / "slow.mkv", frames=90, fps=1)
+    assert_right_frames(sample_video(path, num_frames=8), path, 90, 8)

@@ -153,7 +153,7 @@ def _from_data_url(url: str, policy: SourcePolicy) -> MediaSource:
     if len(data) > policy.max_bytes:
         raise MediaTooLargeError(f"data: URL holds {len(data)} bytes, over the {policy.max_bytes}-byte limit",
                                  source=url)
-    return _from_bytes(data, policy, url)
+    return _from_bytes(data, policy, f"{header},... ({len(url)} chars)")
 
 
 def _b64decode(payload: bytes, source: str) -> bytes:

@@ -100,6 +100,7 @@ class _Reader:
         self.pos, self.current, self.last_good = 0, None, -1
         self.first_ms: float | None = None
         self.current_ms: float | None = None
+        self.times_ok = True
         self.seekable = self.fps_known and self.header_count > 1
         self.grab_seconds = 0.004          # running cost estimates (seconds)
         self.seek_seconds: float | None = None
@@ -126,7 +127,9 @@ class _Reader:
         ms = self._time_ms(self.pos)
         if self.pos == 0:
             self.first_ms = ms
-        elif self.seekable and not self._on_grid(self.pos, ms):
+        elif self.current == self.pos - 1 and self.current_ms is not None and ms < self.current_ms:
+            self.times_ok = False          # presentation times running backwards: OpenCV lost the start time
+        if self.pos > 0 and self.seekable and not self._on_grid(self.pos, ms):
             log.info("%s: frame %d at %.1f ms is off the %.3f fps grid: variable frame rate, no seeking",
                      self.source, self.pos, ms, self.fps)
             self.seekable = False
@@ -176,11 +179,14 @@ class _Reader:
             return gap > max(FIRST_SEEK_GAP_SECONDS * self.fps, 48)
         return gap * self.grab_seconds > self.seek_seconds
 
-    def retrieve(self) -> tuple[np.ndarray, float]:
+    def retrieve(self) -> tuple[np.ndarray, float, float]:
+        """(RGB frame, seconds from POS_MSEC, seconds from CAP_PROP_PTS) of the current frame."""
         ok, bgr = self.cap.retrieve()
         if not ok or bgr is None:
             raise UnreadableMediaError(f"could not decode frame {self.current}", source=self.source)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (self.current_ms - (self.first_ms or 0.0)) / 1000.0
+        frame_units = self.cap.get(cv2.CAP_PROP_PTS)      # pts in 1/fps units, not start-relative
+        return (cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (self.current_ms - (self.first_ms or 0.0)) / 1000.0,
+                frame_units / self.fps)
 
     def fetch(self, target: int) -> None:
         """Make frame ``target`` current (grab forward or seek, whichever is cheaper); raises _Short."""
@@ -221,7 +227,7 @@ def _sample_opencv(media: MediaSource, num_frames: int) -> SampledVideo:
     reader = _Reader(media.path, media.source)
     try:
         total = reader.header_count or _count_frames(reader)
-        cache: dict[int, tuple[np.ndarray, float]] = {}
+        cache: dict[int, tuple[np.ndarray, float, float]] = {}
         for _ in range(3):
             if total == 0:
                 raise EmptyMediaError("the video decodes to zero frames", source=media.source)
@@ -276,8 +282,12 @@ def _count_frames(reader: _Reader) -> int:
 
 
 def _result(source: str, reader: _Reader, items: list, targets: list[int], total: int) -> SampledVideo:
-    frames = np.stack([frame for frame, _ in items])
-    timestamps = np.array([ts for _, ts in items], dtype=np.float64)
+    frames = np.stack([item[0] for item in items])
+    timestamps = np.array([item[1] for item in items], dtype=np.float64)
+    if not reader.times_ok or np.any(np.diff(timestamps) <= 0):
+        log.warning("%s: container times are inconsistent; using frame-rate times instead", source)
+        pts = np.array([item[2] for item in items], dtype=np.float64)
+        timestamps = pts - pts[0] + (targets[0] / reader.fps if targets[0] else 0.0)
     fps = reader.fps
     duration = max(total / fps, float(timestamps[-1]) + 1.0 / fps)
     return SampledVideo(frames=frames, timestamps=timestamps, indices=np.array(targets, dtype=np.int64),
