@@ -44,7 +44,7 @@ FP16_BLOCKED_OPS = (
 # Ops a blocked region may spread through (data movement and elementwise), from a seed to a stop.
 _REGION_OPS = {"Add", "Sub", "Mul", "Where", "Unsqueeze", "Squeeze", "Reshape", "Expand", "Slice", "Concat",
                "Transpose", "Gather", "GatherND", "Cast", "Identity", "Max", "Min", "ReduceMean", "Pow", "Sqrt",
-               "Div", "Neg"}
+               "Div", "Neg", "Reciprocal"}
 _REGION_LIMIT = 64
 
 
@@ -81,35 +81,116 @@ def _to_fp16(src: Path, dst: Path) -> None:
             model, keep_io_types=True, disable_shape_infer=True, op_block_list=blocked_ops,
             node_block_list=sorted(nodes),
         )
+    removed = drop_cast_round_trips(converted)
+    log.info("fp16 %s: %d fp32->fp16->fp32 cast pairs between fp32 nodes removed", src.name, removed)
     _check_fp16_constants(converted, src)
     save_graph(converted, dst)
+
+
+def drop_cast_round_trips(model: onnx.ModelProto) -> int:
+    """Let fp32 nodes read fp32 tensors directly where the converter put Cast(fp16) -> Cast(fp32) between them.
+
+    ``convert_float_to_float16`` keeps every tensor *between* nodes fp16, so two fp32 nodes in a row (x^2 then
+    its mean; the -1e9 mask then the Add) would still pass their result through fp16 — overflowing to inf
+    there. Each such pair is bypassed; casts nobody reads any more are removed. Returns the pairs bypassed.
+    """
+    graph = model.graph
+    _fix_initializer_types(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    bypassed = 0
+    for node in graph.node:
+        if node.op_type != "Cast" or _cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        if types.get(node.input[0]) == onnx.TensorProto.FLOAT and node.input[0] not in producer:
+            source = node.input[0]                      # a no-op Cast of an fp32 initializer
+        else:
+            narrowing = producer.get(node.input[0])
+            if narrowing is None or narrowing.op_type != "Cast" or _cast_to(narrowing) != onnx.TensorProto.FLOAT16:
+                continue
+            source = narrowing.input[0]
+            if not _is_fp32(types, producer, source):
+                continue
+        if node.output[0] in outputs:          # keep the output's name: turn the widening Cast into Identity
+            node.op_type = "Identity"
+            del node.attribute[:]
+            node.input[0] = source
+        else:
+            _rename_input(graph, node.output[0], source)
+        bypassed += 1
+    _remove_dead_casts(graph)
+    return bypassed
+
+
+def _fix_initializer_types(graph) -> None:
+    """The converter can leave value_info saying fp16 for an initializer it kept fp32; trust the data."""
+    data_types = {t.name: t.data_type for t in graph.initializer}
+    for info in graph.value_info:
+        if info.name in data_types:
+            info.type.tensor_type.elem_type = data_types[info.name]
+
+
+def _cast_to(node) -> int | None:
+    for attr in node.attribute:
+        if attr.name == "to":
+            return attr.i
+    return None
+
+
+def _is_fp32(types: dict, producer: dict, name: str) -> bool:
+    node = producer.get(name)
+    if node is not None and node.op_type == "Cast":
+        return _cast_to(node) == onnx.TensorProto.FLOAT
+    return types.get(name) == onnx.TensorProto.FLOAT
+
+
+def _rename_input(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+
+def _remove_dead_casts(graph) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and n.output[0] not in read]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    live = {name for node in graph.node for name in list(node.input) + list(node.output)}
+    stale = [v for v in graph.value_info if v.name not in live]
+    for info in stale:
+        graph.value_info.remove(info)
 
 
 def fp16_blocked_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes (beyond the blocked op types) that must stay fp32 in the fp16 variant.
 
+    - Norms: the chain from ``mean(x^2)`` through ``+ eps``, the square root and the division / product.
     - Masks: every node reading a float constant outside fp16's range (the -1e9 / float32-min mask fill),
       and the nodes after it up to the Softmax, so the additive mask never becomes -inf.
     - ``sqrt(n)`` scale-ups (a Mul by a scalar whose square is an integer >= 16, like the vision pooler's
       ``sqrt(hidden)``), and the nodes after it up to the next normalisation, so pooled features that pass
       65504 once scaled stay fp32 until the norm brings them back.
-    - The residual stream: Adds of two activations that feed a norm or the next residual Add, and the
-      per-layer scalar Mul that follows them.
+    - The residual stream: from each Add of two activations that feeds a norm, the chain of Adds of two
+      activations and Muls by a scalar constant (the per-layer scalar) that carries it to the next layer.
     """
     graph = _GraphView(model.graph)
     blocked: set[str] = set()
     for node in graph.nodes:
+        if node.op_type == "ReduceMean":       # mean(x^2) + eps -> sqrt / rsqrt -> x * (...): one fp32 chain
+            blocked |= graph.region_from(node, stop_ops=set(), stop=graph.is_normalising_mul)
         if any(graph.out_of_fp16_range(name) for name in node.input):
             blocked |= graph.region_from(node, stop_ops={"Softmax"})
         elif node.op_type == "Mul" and graph.is_sqrt_scale(node):
             blocked |= graph.region_from(node, stop_ops=set(), stop=graph.is_normalising_mul)
-    for node in graph.nodes:
-        if graph.is_residual_add(node):
-            blocked.add(node.name)
-            for consumer in graph.consumers_of(node):
-                if consumer.op_type == "Mul" and graph.scalar_constant(consumer) is not None:
-                    blocked.add(consumer.name)
-    return blocked
+    blocked |= graph.residual_stream()
+    return blocked | graph.constants_only_read_by(blocked, set(FP16_BLOCKED_OPS))
 
 
 class _GraphView:
@@ -185,14 +266,35 @@ class _GraphView:
     def consumers_of(self, node) -> list:
         return [c for out in node.output for c in self.consumers.get(out, [])]
 
-    def is_residual_add(self, node) -> bool:
-        if node.op_type != "Add" or not all(self.is_activation(i) for i in node.input):
-            return False
-        return any(c.op_type in ("Pow", "ReduceMean") or (c.op_type == "Add" and self.feeds_norm(c))
-                   for c in self.consumers_of(node))
+    def is_activation_add(self, node) -> bool:
+        return node.op_type == "Add" and all(self.is_activation(i) for i in node.input)
 
     def feeds_norm(self, node) -> bool:
         return any(c.op_type in ("Pow", "ReduceMean") for c in self.consumers_of(node))
+
+    def residual_stream(self) -> set[str]:
+        """Adds of two activations feeding a norm, and every Add-of-activations / Mul-by-scalar that
+        follows one of them directly."""
+        frontier = [n for n in self.nodes if self.is_activation_add(n) and self.feeds_norm(n)]
+        stream = {n.name for n in frontier}
+        while frontier:
+            for consumer in self.consumers_of(frontier.pop()):
+                carries = self.is_activation_add(consumer) or (
+                    consumer.op_type == "Mul" and self.scalar_constant(consumer) is not None)
+                if carries and consumer.name not in stream:
+                    stream.add(consumer.name)
+                    frontier.append(consumer)
+        return stream
+
+    def constants_only_read_by(self, blocked: set[str], blocked_ops: set[str]) -> set[str]:
+        """Constant nodes all of whose readers stay fp32 (else the converter would round their value)."""
+        keep = set()
+        for node in self.nodes:
+            readers = self.consumers_of(node)
+            if node.op_type == "Constant" and readers and all(
+                    r.name in blocked or r.op_type in blocked_ops for r in readers):
+                keep.add(node.name)
+        return keep
 
     def region_from(self, seed, stop_ops: set[str], stop=None) -> set[str]:
         """``seed`` and the nodes reachable from it through region ops, ending at (and including) a node of

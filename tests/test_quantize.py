@@ -1,0 +1,227 @@
+"""edgevid_export.quantize on real graphs run by onnxruntime.
+
+Two kinds of graphs:
+- small ones exported here with ``torch.onnx.export`` from a module that has Gemma's fragile parts (RMSNorm
+  in fp32, an additive -1e9 causal mask, softmax, 30*tanh(x/30) soft-capping, an embedding Gather);
+- a real tiny Gemma 4 (the demo model) exported by ``edgevid_export.convert.export_model``.
+
+Tolerances, and why:
+- fp16 keeps 11 significant bits (relative rounding 2^-11 ~ 5e-4 per value); a handful of matmuls with
+  K <= 512 in fp16 stays within ~1e-2 of the output scale, so that is the bound.
+- int8 dynamic: per-channel int8 weights (step = absmax/127) and per-call uint8 activations (step =
+  range/255) give ~1% error per matmul; three matmuls in a row -> 5e-2 relative RMS.
+- q4 (block 32, symmetric, 16 levels, the block's largest |w| maps to -8): the step is absmax/8, so the
+  RMS error is ~absmax/28 ~ 8% of a Gaussian weight's sigma per matmul -> 0.25 relative RMS for three.
+  Weights that already lie on that grid (``snap_to_q4``) must come back exact: then any difference beyond
+  float rounding means the graph was wired wrongly, which is what those tests catch.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+torch = pytest.importorskip("torch")
+
+from edgevid.errors import ExportError  # noqa: E402
+from edgevid_export import quantize  # noqa: E402
+from edgevid_export.quantize import decoder_feed, quantize_graph, top1_agreement  # noqa: E402
+
+HIDDEN, INTER, VOCAB = 128, 512, 512
+
+
+def snap_to_q4(weight: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """``weight`` [rows, cols] moved onto the symmetric 4-bit grid that onnxruntime picks for blocks of
+    ``block`` along cols: per block scale s = max|w|/8, values q*s with q in [-7, 7], the largest one -8*s."""
+    rows, cols = weight.shape
+    pad = -cols % block
+    w = torch.nn.functional.pad(weight.detach().float(), (0, pad)).reshape(rows, -1, block)
+    scale = w.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 8
+    q = torch.round(w / scale).clamp(-7, 7)
+    top = w.abs().argmax(-1, keepdim=True)
+    q.scatter_(-1, top, -8.0)
+    return (q * scale).reshape(rows, -1)[:, :cols]
+
+
+class FragileBlock(torch.nn.Module):
+    """Embedding -> RMSNorm -> causal self-attention with an additive -1e9 mask -> MLP -> residuals ->
+    RMSNorm -> head -> 30*tanh(x/30)."""
+
+    def __init__(self, seed: int = 0, snap: bool = False):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.embed = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN, generator=gen))
+        self.norm1 = torch.nn.Parameter(1 + 0.1 * torch.randn(HIDDEN, generator=gen))
+        self.norm2 = torch.nn.Parameter(1 + 0.1 * torch.randn(HIDDEN, generator=gen))
+        self.qkv = torch.nn.Parameter(torch.randn(3 * HIDDEN, HIDDEN, generator=gen) / HIDDEN ** 0.5)
+        self.up = torch.nn.Parameter(torch.randn(INTER, HIDDEN, generator=gen) / HIDDEN ** 0.5)
+        self.down = torch.nn.Parameter(torch.randn(HIDDEN, INTER, generator=gen) / INTER ** 0.5)
+        self.head = torch.nn.Parameter(torch.randn(VOCAB, HIDDEN, generator=gen) / HIDDEN ** 0.5 * 8)
+        if snap:
+            with torch.no_grad():
+                for p in (self.embed, self.qkv, self.up, self.down, self.head):
+                    p.copy_(snap_to_q4(p))
+
+    @staticmethod
+    def rms_norm(x, weight):
+        x = x.float()
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
+    def forward(self, input_ids, scale):
+        x = torch.nn.functional.embedding(input_ids, self.embed) * scale
+        seq = input_ids.shape[1]
+        q, k, v = (self.rms_norm(x, self.norm1) @ self.qkv.T).split(HIDDEN, dim=-1)
+        causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+        mask = torch.where(causal, torch.tensor(0.0), torch.tensor(-1e9))
+        attn = torch.softmax(q @ k.transpose(-1, -2) / HIDDEN ** 0.5 + mask, dim=-1)
+        x = x + attn @ v
+        x = x + torch.nn.functional.gelu(self.rms_norm(x, self.norm2) @ self.up.T) @ self.down.T
+        logits = self.rms_norm(x, self.norm2) @ self.head.T
+        return 30.0 * torch.tanh(logits / 30.0)
+
+
+def export_block(path, **kwargs):
+    module = FragileBlock(**kwargs).eval()
+    ids = torch.randint(0, VOCAB, (2, 5))
+    seq = torch.export.Dim("seq", min=2, max=4096)
+    with torch.no_grad():
+        torch.onnx.export(module, (ids, torch.tensor(1.0)), str(path), input_names=["input_ids", "scale"],
+                          output_names=["logits"], dynamic_shapes=({1: seq}, None), dynamo=True,
+                          external_data=False, verbose=False)
+    return path
+
+
+def run(path, feed) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def feed_for(seq=24, scale=1.0, seed=1):
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(0, VOCAB, (2, seq)).astype(np.int64), "scale": np.array(scale, np.float32)}
+
+
+def rel_rms(ref, out) -> float:
+    return float(np.sqrt(np.mean((ref - out) ** 2)) / np.sqrt(np.mean(ref ** 2)))
+
+
+def op_counts(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    return export_block(tmp_path_factory.mktemp("block") / "block.onnx")
+
+
+@pytest.fixture(scope="module")
+def snapped_block(tmp_path_factory):
+    return export_block(tmp_path_factory.mktemp("snapped") / "block.onnx", snap=True)
+
+
+# ---- fp16 ------------------------------------------------------------------------------------------------
+def test_fp16_keeps_io_and_fragile_ops_in_fp32(block, tmp_path):
+    out = quantize_graph(block, tmp_path / "block_fp16.onnx", "fp16")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(out)))
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.INT64, onnx.TensorProto.FLOAT]
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    fragile = [n for n in model.graph.node if n.op_type in ("Softmax", "Pow", "ReduceMean", "Tanh", "Sqrt", "Div")]
+    assert {n.op_type for n in fragile} >= {"Softmax", "Pow", "ReduceMean", "Tanh"}
+    for node in fragile:
+        assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, (node.op_type, node.name)
+    weights = [t for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= HIDDEN]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    masks = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+             and np.prod(t.dims) <= 1 and numpy_helper.to_array(t).min() <= -1e9]
+    assert masks, "the -1e9 mask fill must stay a float32 constant, not become -65504 or -inf"
+
+
+def test_fp16_matches_fp32_and_survives_large_activations(block, tmp_path):
+    out = quantize_graph(block, tmp_path / "block_fp16.onnx", "fp16")
+    for scale in (1.0, 400.0):      # 400^2 = 160000: x^2 overflows fp16 unless the norms run in fp32
+        feed = feed_for(scale=scale)
+        ref, got = run(block, feed), run(out, feed)
+        assert np.isfinite(got).all()
+        assert np.abs(ref - got).max() <= 1e-2 * np.abs(ref).max()
+        assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.95
+    assert out.stat().st_size < 0.6 * block.stat().st_size
+
+
+# ---- int8 ------------------------------------------------------------------------------------------------
+def test_int8_dynamic_quantises_matmuls_and_the_embedding(block, tmp_path):
+    out = quantize_graph(block, tmp_path / "block_quantized.onnx", "int8")
+    ops = op_counts(out)
+    assert ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"] >= 3
+    assert ops["MatMul"] == 2                       # the two activation x activation attention products
+    model = onnx.load(str(out))
+    int8 = [t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+            and len(t.dims) == 2]
+    assert len(int8) >= 4                           # qkv, up, down, head, embedding
+    feed = feed_for()
+    ref, got = run(block, feed), run(out, feed)
+    assert rel_rms(ref, got) < 5e-2
+    assert out.stat().st_size < 0.35 * block.stat().st_size
+
+
+# ---- q4 --------------------------------------------------------------------------------------------------
+def test_q4_uses_matmulnbits_block32_and_gather_block_quantized(block, tmp_path):
+    out = quantize_graph(block, tmp_path / "block_q4.onnx", "q4")
+    model = onnx.load(str(out))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 4                          # qkv, up, down, head
+    for node in nbits:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert (attrs["bits"], attrs["block_size"]) == (4, 32)
+        assert len(node.input) < 4 or not node.input[3]    # symmetric: no zero points
+    assert [n.op_type for n in model.graph.node].count("GatherBlockQuantized") == 1
+    feed = feed_for()
+    assert rel_rms(run(block, feed), run(out, feed)) < 0.25
+    assert out.stat().st_size < 0.25 * block.stat().st_size
+
+
+def test_q4_is_exact_on_weights_already_on_the_grid(snapped_block, tmp_path):
+    out = quantize_graph(snapped_block, tmp_path / "block_q4.onnx", "q4")
+    feed = feed_for()
+    ref, got = run(snapped_block, feed), run(out, feed)
+    assert np.abs(ref - got).max() <= 1e-4 * np.abs(ref).max()
+    assert (ref.argmax(-1) == got.argmax(-1)).all()
+
+
+# ---- files and errors ------------------------------------------------------------------------------------
+def test_external_data_in_and_out(block, tmp_path, monkeypatch):
+    model = onnx.load(str(block))
+    src = tmp_path / "ext.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx_data", size_threshold=1024)
+    assert (tmp_path / "ext.onnx_data").stat().st_size > src.stat().st_size
+    feed = feed_for()
+    ref = run(block, feed)
+    for precision in ("fp16", "int8", "q4"):
+        out = quantize_graph(src, tmp_path / f"inline_{precision}.onnx", precision)
+        assert not (tmp_path / f"inline_{precision}.onnx_data").exists()
+        assert rel_rms(ref, run(out, feed)) < 0.25
+    monkeypatch.setattr(quantize, "TWO_GB", 1024)       # force the "weights over 2 GB" layout
+    out = quantize_graph(src, tmp_path / "big_q4.onnx", "q4")
+    data = tmp_path / "big_q4.onnx_data"
+    assert data.is_file() and data.stat().st_size > out.stat().st_size
+    np.testing.assert_allclose(run(out, feed), run(tmp_path / "inline_q4.onnx", feed), rtol=1e-6, atol=1e-6)
+    out = quantize_graph(src, tmp_path / "big_q4.onnx", "q4")   # overwriting replaces both files
+    assert data.is_file()
+
+
+def test_bad_arguments_raise_export_error(block, tmp_path):
+    with pytest.raises(ExportError, match="unknown precision 'int4'"):
+        quantize_graph(block, tmp_path / "x.onnx", "int4")
+    with pytest.raises(ExportError, match="not found"):
+        quantize_graph(tmp_path / "missing.onnx", tmp_path / "x.onnx", "q4")
+    with pytest.raises(ExportError, match="overwrite"):
+        quantize_graph(block, block, "q4")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ExportError):
+        quantize_graph(tmp_path / "junk.onnx", tmp_path / "y.onnx", "q4")
