@@ -113,7 +113,7 @@ def _refuse_unsupported(body: dict) -> None:
         raise UnsupportedParameterError(f"response_format {kind!r} is not supported; only 'text'",
                                         param="response_format")
     if body.get("modalities", ["text"]) != ["text"]:
-        raise UnsupportedParameterError("only the 'text' output modality is supported", param="modalities")
+        raise UnsupportedParameterError("'modalities': only the 'text' output modality is supported", param="modalities")
     if body.get("logit_bias"):
         raise UnsupportedParameterError("'logit_bias' is not supported by edgevid", param="logit_bias")
     for key in ("presence_penalty", "frequency_penalty"):

@@ -171,16 +171,15 @@ class ModelWorker:
         stream = self.pipeline.stream(job.messages, job.options, policy=self.policy)
         try:
             job.emit("start", stream.prompt_tokens)
-            count, finish = 0, None
+            finish = None
             for piece in stream:
                 if job.cancelled.is_set():
                     self.stats.cancelled += 1
-                    log.info("client went away; generation stopped after %d tokens", count)
+                    log.info("client went away; generation stopped after %d tokens", stream.completion_tokens)
                     return
-                count += 1
                 finish = piece.finish_reason or finish
                 job.emit("piece", piece)
-            job.emit("end", (finish or "stop", count))
+            job.emit("end", (finish or "stop", stream.completion_tokens))
             self.stats.completed += 1
         finally:
             stream.close()
