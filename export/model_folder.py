@@ -121,7 +121,7 @@ def decoder_facts(config, layout: DecoderLayout) -> dict:
         "max_position_embeddings": text.max_position_embeddings,
         "vocab_size": layout.vocab_size,
         "final_logit_softcapping": text.final_logit_softcapping,
-        "logits": "all_positions",
+        "num_logits_to_keep": True,
         "embed_tokens_replaces_placeholders": True,
     }
 

@@ -68,6 +68,8 @@ class OnnxGemma:
     def _run(session, feeds: dict) -> list:
         cast = {}
         for meta in session.get_inputs():
+            if meta.name not in feeds:
+                continue
             value = feeds[meta.name]
             if meta.type == "tensor(float16)":
                 value = value.astype(np.float16)
@@ -84,7 +86,7 @@ class OnnxGemma:
         out = self._run(self.embed, {"input_ids": input_ids})
         return out[0], (out[1] if len(out) > 1 else None)
 
-    def _decode(self, embeds, per_layer, input_ids, past_len, cache):
+    def _decode(self, embeds, per_layer, input_ids, past_len, cache, keep: int = 0):
         batch, seq = input_ids.shape
         feeds = {"inputs_embeds": embeds,
                  "attention_mask": np.ones((batch, past_len + seq), dtype=np.int64),
@@ -93,6 +95,8 @@ class OnnxGemma:
             feeds["per_layer_inputs"] = per_layer
         if self.layout.bidirectional_vision:
             feeds["input_ids"] = input_ids
+        if "num_logits_to_keep" in self.inputs:
+            feeds["num_logits_to_keep"] = np.asarray(keep, dtype=np.int64)
         feeds.update(cache)
         outputs = self._run(self.decoder, feeds)
         names = [o.name for o in self.decoder.get_outputs()]
@@ -122,7 +126,7 @@ class OnnxGemma:
         for _ in range(steps - 1):
             step_ids = np.asarray([[tokens[-1]]], dtype=np.int64)
             embeds, per_layer = self._embed(step_ids)
-            logits, cache = self._decode(embeds, per_layer, step_ids, length, cache)
+            logits, cache = self._decode(embeds, per_layer, step_ids, length, cache, keep=1)
             length += 1
             tokens.append(int(logits[0, -1].argmax()))
         return Decoded(prefill, tokens, features)

@@ -1,0 +1,96 @@
+"""``edgevid export``: convert a Gemma 4 checkpoint into a verified ONNX model folder.
+
+``edgevid_export`` (torch + transformers) is imported only when the command runs; without the ``export``
+extra the command fails with one line naming the install command.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from edgevid.errors import ExportError
+
+PRECISIONS = ("fp32", "fp16", "int8", "q4")
+INSTALL_HINT = 'edgevid export needs torch and transformers: pip install "edgevid[export]"'
+
+
+def _missing_backend() -> str | None:
+    """The first export dependency that is not installed (checked without importing it)."""
+    for name in ("torch", "transformers", "onnx", "onnxscript"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except (ImportError, ValueError):
+            return name
+    return None
+
+
+def _load_export_backend():
+    """(convert module, demo module or None); ExportError with the install hint when torch is missing."""
+    missing = _missing_backend()
+    if missing:
+        raise ExportError(f"{INSTALL_HINT} (missing {missing})")
+    try:
+        convert = importlib.import_module("edgevid_export.convert")
+    except ImportError as exc:
+        raise ExportError(f"{INSTALL_HINT} ({exc})") from exc
+    try:
+        demo = importlib.import_module("edgevid_export.demo")
+    except ImportError:
+        demo = None
+    return convert, demo
+
+
+def _precisions(value: str) -> tuple[str, ...]:
+    chosen = tuple(p.strip().lower() for p in value.split(",") if p.strip())
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"{', '.join(unknown) or value!r}: choose from {', '.join(PRECISIONS)} "
+                                 "(comma-separated)", param_hint="--precision")
+    return chosen
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.command("export")
+@click.option("--model", "model", metavar="HF_ID_OR_DIR", help="Gemma 4 checkpoint: hub id or local folder.")
+@click.option("--output", "output", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Model folder to write (e.g. models/gemma-4-e2b).")
+@click.option("--precision", "precision", default="fp32", show_default=True, metavar="LIST",
+              help="Comma-separated: fp32,fp16,int8,q4 (fp32 is always written).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
+@click.option("--no-validate", is_flag=True, help="Skip the parity gate against PyTorch.")
+@click.option("--verify", is_flag=True, help="Only re-run the parity gate on an existing --output folder.")
+@click.option("--demo", is_flag=True, help="Build the small demo checkpoint into OUTPUT/checkpoint and export it.")
+def export(model, output, precision, opset, no_validate, verify, demo):
+    """Convert a Gemma 4 checkpoint into a verified ONNX model folder."""
+    precisions = _precisions(precision)
+    if not demo and not model:
+        raise click.UsageError("give --model HF_ID_OR_DIR, or --demo")
+    if demo and model:
+        raise click.UsageError("--demo builds its own checkpoint; drop --model")
+    convert, demo_module = _load_export_backend()
+    if demo:
+        if demo_module is None:
+            raise ExportError("the demo checkpoint builder (edgevid_export.demo) is not installed")
+        from pathlib import Path
+
+        _progress(f"edgevid export: building the demo checkpoint in {Path(output) / 'checkpoint'}")
+        model = str(demo_module.build_demo_checkpoint(Path(output) / "checkpoint"))
+    if verify:
+        report = convert.verify_export(model, output, progress=_progress)
+        click.echo(f"parity ok: prefill max|diff| {report.prefill_max_abs_diff:.2e}, "
+                   f"{report.greedy_steps} greedy tokens identical")
+        return
+    folder = convert.export_model(model, output, precisions=precisions, opset=opset,
+                                  validate=not no_validate, progress=_progress)
+    click.echo(str(folder))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(export())
