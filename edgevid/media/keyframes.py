@@ -28,7 +28,6 @@ from .video import SampledVideo, sample_indices
 
 log = logging.getLogger(__name__)
 
-MP4_TYPES = ("video/mp4", "video/quicktime", "video/3gpp")
 START = b"\x00\x00\x00\x01"
 ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
@@ -40,9 +39,7 @@ def sample_keyframes(media: MediaSource, num_frames: int) -> SampledVideo | None
     total = index.frame_count
     if total <= num_frames:
         return None
-    display_of = np.empty(total, np.int64)
-    display_of[index.display_order] = np.arange(total)     # decode-order sample -> display index
-    key_display = np.sort(display_of[index.keyframes])
+    key_display = index.keyframe_positions()
     targets = sample_indices(total, num_frames)
     chosen = np.unique(key_display[np.searchsorted(key_display, targets, side="right") - 1])
     samples = index.display_order[chosen]
@@ -56,16 +53,10 @@ def sample_keyframes(media: MediaSource, num_frames: int) -> SampledVideo | None
 
 
 def _usable_index(media: MediaSource) -> mp4.VideoIndex | None:
-    if media.mime not in MP4_TYPES:
-        log.info("%s: fast mode reads MP4/MOV indexes only (%s): sampling accurately", media.source, media.mime)
-        return None
-    try:
-        index = mp4.video_index(media.path)
-    except (ValueError, struct.error, IndexError, OSError) as exc:
-        log.info("%s: unreadable MP4 index (%s): sampling accurately", media.source, exc)
-        return None
+    index = mp4.load_index(media.path, media.mime)
     if index is None or _parameter_sets(index) is None:
-        log.info("%s: fast mode needs H.264 or HEVC in MP4/MOV: sampling accurately", media.source)
+        log.info("%s: fast mode needs H.264 or HEVC in an MP4/MOV index (%s): sampling accurately",
+                 media.source, media.mime)
         return None
     if int((index.offsets + index.sizes).max()) > os.path.getsize(media.path):
         log.info("%s: the index points past the end of the file (truncated): sampling accurately", media.source)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_MOOV_BYTES = 256 * 2**20
+MIME_TYPES = ("video/mp4", "video/quicktime", "video/3gpp")    # sniffed types that carry this index
 
 
 @dataclass
@@ -40,6 +41,22 @@ class VideoIndex:
     @property
     def frame_count(self) -> int:
         return len(self.sizes)
+
+    def keyframe_positions(self) -> np.ndarray:
+        """Sorted display indices of the keyframes."""
+        display_of = np.empty(self.frame_count, np.int64)
+        display_of[self.display_order] = np.arange(self.frame_count)
+        return np.sort(display_of[self.keyframes])
+
+
+def load_index(path: str, mime: str | None) -> VideoIndex | None:
+    """:func:`video_index` for sniffed MP4/MOV files; None for other types or an unreadable index."""
+    if mime not in MIME_TYPES:
+        return None
+    try:
+        return video_index(path)
+    except (ValueError, IndexError, OSError, struct.error):
+        return None
 
 
 def boxes(data: bytes, start: int = 0, end: int | None = None):

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from edgevid.errors import EmptyMediaError, InvalidRequestError, UnreadableMediaError
 
+from . import mp4
 from .policy import SourcePolicy
 from .sources import MediaSource, open_source
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 MODES = ("accurate", "fast")
 DEFAULT_FPS = 24.0
 FIRST_SEEK_GAP_SECONDS = 2.0    # before any seek was timed, seek across gaps longer than this
+OPENCV_SEEK_BACKOFF = 16        # OpenCV's FFmpeg seek starts from the keyframe before target - 16
+SEEK_OVERHEAD_FRAMES = 8        # a seek's fixed cost (flush, demuxer seek), in decoded frames
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,9 @@ class _Reader:
     """A cv2.VideoCapture that knows the index of its current frame exactly (``current``; ``pos`` is the
     index the next grab returns)."""
 
-    def __init__(self, path: str, source: str):
+    def __init__(self, path: str, source: str, keyframes: np.ndarray | None = None):
         self.path, self.source = path, source
+        self.keyframes = keyframes         # sorted display indices of keyframes, when an index says so
         self.cap = _open_capture(path, source)
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps_known = math.isfinite(fps) and 0 < fps < 1000
@@ -172,9 +176,17 @@ class _Reader:
         self._landed(index, ms)
         return True
 
-    def should_seek(self, gap: int) -> bool:
+    def should_seek(self, target: int) -> bool:
+        """Seek when it decodes fewer frames than grabbing forward (exact when the keyframes are known
+        from the MP4 index, otherwise from measured grab and seek times)."""
+        gap = target - self.pos
         if not self.seekable or gap <= 1:
             return False
+        if self.keyframes is not None:
+            # OpenCV seeks to the keyframe at or before target - 16, then decodes up to the target
+            at = np.searchsorted(self.keyframes, target - OPENCV_SEEK_BACKOFF, side="right") - 1
+            start = int(self.keyframes[at]) if at >= 0 else 0
+            return target - start + SEEK_OVERHEAD_FRAMES < gap
         if self.seek_seconds is None:
             return gap > max(FIRST_SEEK_GAP_SECONDS * self.fps, 48)
         return gap * self.grab_seconds > self.seek_seconds
@@ -192,7 +204,7 @@ class _Reader:
         """Make frame ``target`` current (grab forward or seek, whichever is cheaper); raises _Short."""
         if self.current == target:
             return
-        if target < self.pos or self.should_seek(target - self.pos):
+        if target < self.pos or self.should_seek(target):
             if self.seekable and target > 0:
                 landed = self.seek(target)
                 if landed:
@@ -224,7 +236,7 @@ def _open_capture(path: str, source: str) -> cv2.VideoCapture:
 
 # ---- sampling ---------------------------------------------------------------------------------------------
 def _sample_opencv(media: MediaSource, num_frames: int) -> SampledVideo:
-    reader = _Reader(media.path, media.source)
+    reader = _Reader(media.path, media.source, _index_keyframes(media))
     try:
         total = reader.header_count or _count_frames(reader)
         cache: dict[int, tuple[np.ndarray, float, float]] = {}
@@ -252,6 +264,12 @@ def _sample_opencv(media: MediaSource, num_frames: int) -> SampledVideo:
         return _result(media.source, reader, [cache[t] for t in targets], targets, total)
     finally:
         reader.close()
+
+
+def _index_keyframes(media: MediaSource) -> np.ndarray | None:
+    """Keyframe positions (display order) from an MP4/MOV index, to plan seeks; None when unknown."""
+    index = mp4.load_index(media.path, media.mime)
+    return None if index is None else index.keyframe_positions()
 
 
 def _check_end(reader: _Reader, total: int) -> int:
