@@ -1,6 +1,6 @@
 """Generation in three layers (as mlx-lm does it):
 
-1. ``decode_steps(decoder, embed, prompt, sampler)`` — the KV-cache loop, yielding token ids: prefill
+1. ``decode_steps(decoder, embed, prompt, sampler)`` — the KV-cache loop, yielding token ids: ``prefill``
    the whole prompt once, then feed one token per step with the presents as the next pasts. Closing
    the generator stops generation.
 2. ``stream_generate(steps, detokenizer, options, eos_ids)`` — yields :class:`TextPiece` s; the last
@@ -117,14 +117,19 @@ class PromptInputs:
     embeddings: Embeddings
 
 
-def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInputs, sampler) -> Iterator[int]:
-    """Prefill once, then one token per step. Endless: the consumer decides when to stop (and closes)."""
+def prefill(decoder: DecoderSession, prompt: PromptInputs):
+    """Run the whole prompt through the decoder once: (last position's logits, filled KVCache)."""
     cache = decoder.empty_cache()
     ids = np.asarray(prompt.input_ids, dtype=np.int64).reshape(1, -1)
     feeds = {"inputs_embeds": prompt.embeddings.inputs_embeds, "input_ids": ids}
     if prompt.embeddings.per_layer_inputs is not None:
         feeds["per_layer_inputs"] = prompt.embeddings.per_layer_inputs
-    logits = decoder.forward(feeds, cache, ids.shape[1])
+    return decoder.forward(feeds, cache, ids.shape[1]), cache
+
+
+def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInputs, sampler) -> Iterator[int]:
+    """Prefill once, then one token per step. Endless: the consumer decides when to stop (and closes)."""
+    logits, cache = prefill(decoder, prompt)
     on_device = _embed_outputs_match(embed, decoder)
     while True:
         token = sampler(logits)

@@ -149,10 +149,13 @@ class VisionEncoderSession(GraphSession):
             "pixel_position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
         }
         features = self.run(feeds)["image_features"]
-        expected = int(self.soft_token_counts(position_ids).sum())
-        if features.ndim == 3:  # a graph that keeps the frame axis: [frames, tokens, hidden]
-            features = features.reshape(-1, features.shape[-1])
-        if features.shape[0] != expected:
+        counts = self.soft_token_counts(position_ids)
+        expected = int(counts.sum())
+        if features.ndim == 3 and features.shape[0] == len(counts):
+            # a graph without data-dependent shapes: [frames, max tokens, hidden], each frame's real
+            # soft tokens first (the pooler maps padding patches to no output row)
+            features = np.concatenate([f[:n] for f, n in zip(features, counts)], axis=0)
+        if features.ndim != 2 or features.shape[0] != expected:
             features = self._fallback(feeds, expected, features.shape)
         return features
 

@@ -1,0 +1,77 @@
+"""End to end: a real clip -> edgevid.media -> Pipeline (onnxruntime) vs transformers' Gemma 4 generate().
+
+For each decoder shape, a tiny random-weight checkpoint is exported with ``export_model``; the runtime's
+prompt ids and greedy token ids must equal ``Gemma4ForConditionalGeneration.generate(do_sample=False)``
+fed the same sampled frames and timestamps the way ``Gemma4Processor`` prepares them, and the first
+step's logits must agree within 1e-4.
+
+With ``EDGEVID_OV_FIXTURES=DIR`` the exported folders, the clip and the expected ids/logits are kept in
+DIR, for ``tests/test_runtime_openvino.py`` to replay under onnxruntime-openvino in a venv without torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from edgevid.media import sample_video  # noqa: E402
+from edgevid.model.generate import GenerationOptions, prefill  # noqa: E402
+from edgevid.pipeline import Pipeline  # noqa: E402
+from runtime_models import (  # noqa: E402
+    QUESTION, exported_model, models_root, transformers_reference, write_expected, write_test_clip,
+)
+
+SHAPES = ["e2b_like", "bidirectional"]
+NUM_FRAMES = 8
+MAX_NEW_TOKENS = 24
+LOGITS_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return models_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def clip(root):
+    path = root / "clip.mp4"
+    return path if path.is_file() else write_test_clip(path)
+
+
+def video_messages(clip):
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(clip)}},
+                                         {"type": "text", "text": QUESTION}]}]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_greedy_tokens_match_transformers(shape, root, clip):
+    checkpoint, model_dir = exported_model(shape, root)
+    video = sample_video(clip, num_frames=NUM_FRAMES)
+    assert len(video.frames) == NUM_FRAMES
+    expected = transformers_reference(checkpoint, video, MAX_NEW_TOKENS)
+
+    pipeline = Pipeline.load(model_dir, device="cpu")
+    options = GenerationOptions(max_tokens=MAX_NEW_TOKENS, num_frames=NUM_FRAMES)
+    stream = pipeline.stream(video_messages(clip), options)
+    assert stream.prompt.input_ids.tolist() == expected["prompt_ids"]        # same prompt, token for token
+    assert stream.media[0]["frames"] == NUM_FRAMES
+
+    logits, _ = prefill(pipeline.decoder, pipeline.prompt_inputs(stream.prompt))
+    diff = float(np.abs(logits - expected["first_logits"]).max())
+    assert diff <= LOGITS_TOLERANCE, f"first-step logits differ by {diff}"
+
+    result = pipeline.chat(video_messages(clip), options)
+    eos = set(pipeline.folder.eos_token_ids)
+    reference = expected["token_ids"]
+    if any(t in eos for t in reference):          # generate() pads after EOS; the runtime stops at it
+        reference = reference[: next(i for i, t in enumerate(reference) if t in eos) + 1]
+    assert list(result.token_ids) == reference
+    assert result.prompt_tokens == len(expected["prompt_ids"])
+    assert result.finish_reason == ("stop" if reference[-1] in eos else "length")
+
+    write_expected(model_dir.parent / "expected.json", shape=shape, clip=clip.name, num_frames=NUM_FRAMES,
+                   max_tokens=MAX_NEW_TOKENS, question=QUESTION, prompt_ids=expected["prompt_ids"],
+                   token_ids=list(result.token_ids), first_logits=expected["first_logits"].tolist(),
+                   text=result.text)
