@@ -279,7 +279,7 @@ def test_local_path_file_url_image_system_and_multi_turn(server, media):
     ]
     one = server.client().chat.completions.create(model=server.pipeline.model_name, messages=messages,
                                                    max_tokens=4, extra_body={"num_frames": FRAMES})
-    fewer = server.client().chat.completions.create(model="default", messages=messages[-1:], max_tokens=4,
+    fewer = server.client().chat.completions.create(model="default", messages=messages[1:2], max_tokens=4,
                                                      extra_body={"num_frames": FRAMES})
     # the whole conversation (system turn, two videos, an image) is in the prompt
     assert one.usage.prompt_tokens > fewer.usage.prompt_tokens > 0
@@ -581,11 +581,20 @@ def test_serve_command_banner_request_and_sigterm(model_dir, media):
                                                max_tokens=2)
         assert reply.model == "tiny-video"
         assert requests.get(f"http://127.0.0.1:{match.group(1)}/health", timeout=30).json()["status"] == "ok"
-        if os.name == "nt":
-            proc.send_signal(signal.CTRL_C_EVENT)
-        else:
-            proc.send_signal(signal.SIGTERM)
+        if os.name == "nt":          # a console Ctrl-C would reach pytest too; the stop path is the same
+            return
+        stream = requests.post(f"http://127.0.0.1:{match.group(1)}/v1/chat/completions",
+                               headers={"Authorization": f"Bearer {KEY}"}, stream=True, timeout=60,
+                               json={"messages": [{"role": "user", "content": "A long story."}], "stream": True,
+                                     "max_tokens": 3000, "temperature": 1.0, "seed": 3})
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith(b"data: {"))
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)           # mid-stream: the stream is told, then the process exits
+        tail = [line for line in lines if line]
+        assert tail[-1] == b"data: [DONE]" and b"shutting down" in tail[-2], tail[-3:]
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        assert time.monotonic() - started < 10
     finally:
         if proc.poll() is None:
             proc.kill()

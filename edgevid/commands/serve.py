@@ -55,7 +55,11 @@ def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_priva
     config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
                           queue_size=queue_size)
     app = create_app(pipeline, config)
-    server = HttpServer(app, host=host, port=port)
+    try:
+        server = HttpServer(app, host=host, port=port)
+    except OSError as exc:
+        app.extensions["edgevid"].worker.stop()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     _stop_on_signals(server)
     state = app.extensions["edgevid"]
     click.echo(f"edgevid serving '{state.limits.model_name}' at {server.url}/v1 "

@@ -162,7 +162,7 @@ class ModelWorker:
 
     def _process(self, job: Job) -> None:
         if job.cancelled.is_set():
-            self.stats.cancelled += 1
+            self._stop_cancelled(job, tokens=0)
             return
         if not job.stream:
             job.emit("result", self.pipeline.chat(job.messages, job.options, policy=self.policy))
@@ -174,8 +174,7 @@ class ModelWorker:
             finish = None
             for piece in stream:
                 if job.cancelled.is_set():
-                    self.stats.cancelled += 1
-                    log.info("client went away; generation stopped after %d tokens", stream.completion_tokens)
+                    self._stop_cancelled(job, tokens=stream.completion_tokens)
                     return
                 finish = piece.finish_reason or finish
                 job.emit("piece", piece)
@@ -183,3 +182,12 @@ class ModelWorker:
             self.stats.completed += 1
         finally:
             stream.close()
+
+    def _stop_cancelled(self, job: Job, tokens: int) -> None:
+        """The client went away, or the server is stopping: then the stream still gets a last event."""
+        self.stats.cancelled += 1
+        if self._stopping.is_set():
+            log.info("server stopping; generation stopped after %d tokens", tokens)
+            job.emit("error", ServerBusyError("the server is shutting down"))
+        else:
+            log.info("client went away; generation stopped after %d tokens", tokens)
