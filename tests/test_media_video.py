@@ -74,7 +74,8 @@ def test_vfr_clip_long_enough_to_tempt_seeking(tmp_path, caplog):
 
 
 def test_long_clip_seeks_and_stays_exact(tmp_path, caplog):
-    path = write_clip(tmp_path / "long.mp4", frames=1200, fps=30, gop=30)
+    """The OpenCV reader (no MP4 index here): seeks across long gaps, verified, still exact."""
+    path = write_clip(tmp_path / "long.mkv", frames=1200, fps=30, gop=30)
     with caplog.at_level(logging.DEBUG, logger="edgevid.media.video"):
         video = sample_video(path, num_frames=8)
     assert_right_frames(video, path, 1200, 8)
@@ -212,9 +213,9 @@ def test_fast_mode_rotation_matches_accurate(tmp_path):
 
 def test_fast_mode_falls_back_to_accurate(tmp_path, caplog):
     webm = write_clip(tmp_path / "w.webm", frames=100, gop=10)
-    with caplog.at_level(logging.INFO, logger="edgevid.media.keyframes"):
+    with caplog.at_level(logging.INFO, logger="edgevid.media.indexed"):
         video = sample_video(webm, 8, mode="fast")
-    assert "sampling accurately" in caplog.text
+    assert "reading through OpenCV" in caplog.text
     assert_right_frames(video, webm, 100, 8)
     cut = truncate(write_clip(tmp_path / "c.mp4", frames=300, gop=30, faststart=True), 0.5)
     assert_right_frames(sample_video(cut, 8, mode="fast"), cut, len(probe_frames(cut)), 8)
@@ -224,3 +225,41 @@ def test_times_when_opencv_loses_the_start_time(tmp_path):
     """H.264 in Matroska at 1 fps: packets without DTS make OpenCV's POS_MSEC run backwards."""
     path = write_clip(tmp_path / "slow.mkv", frames=90, fps=1)
     assert_right_frames(sample_video(path, num_frames=8), path, 90, 8)
+
+
+# ---- the MP4 index path ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("options", [None, {"preset": "fast", "bf": "3"}])
+def test_index_path_equals_opencv_reader(tmp_path, options):
+    """Same pixels, indices and times as OpenCV's own reader on the same file, B-frames included."""
+    from edgevid.media import open_source
+    from edgevid.media.video import _sample_opencv
+
+    path = write_clip(tmp_path / "ix.mp4", frames=300, fps=30, gop=45, options=options)
+    indexed = sample_video(path, num_frames=12)
+    with open_source(path) as media:
+        reader = _sample_opencv(media, 12)
+    assert list(indexed.indices) == list(reader.indices) == expected_indices(300, 12)
+    assert np.array_equal(indexed.frames, reader.frames)
+    np.testing.assert_allclose(indexed.timestamps, reader.timestamps, atol=1e-3)
+    assert_right_frames(indexed, path, 300, 12)
+
+
+def test_index_plan_decodes_only_from_the_previous_keyframe(tmp_path):
+    from edgevid.media import mp4
+    from edgevid.media.indexed import plan
+
+    path = write_clip(tmp_path / "plan.mp4", frames=900, fps=30, gop=100)
+    index = mp4.video_index(str(path))
+    targets = np.array(expected_indices(900, 8))              # 0, 112, 225, ... 787
+    segments = plan(index, targets)
+    decoded = sum(s.last - s.first + 1 for s in segments)
+    floor = sum(t - (t // 100) * 100 + 1 for t in targets)    # PyAV: keyframe before each target, forward
+    assert decoded == floor
+    assert all(s.first % 100 == 0 for s in segments)
+
+
+def test_vfr_mp4_through_the_index(tmp_path):
+    pts = [round(i * 0.04 + (0.5 if i > 120 else 0) + (0.013 if i % 7 == 0 else 0), 3) for i in range(300)]
+    path = write_clip(tmp_path / "vfr_ix.mp4", pts=pts, gop=40)
+    video = sample_video(path, num_frames=10)
+    assert_right_frames(video, path, 300, 10)

@@ -37,6 +37,7 @@ class VideoIndex:
     display_order: np.ndarray   # decode-order sample number of display frame i
     duration: float          # seconds, first displayed frame to the end of the last
     rotation: int            # degrees counter-clockwise (as FFmpeg's display matrix rotation)
+    trimmed: bool            # the edit list hides frames at the start (players show fewer than the index)
 
     @property
     def frame_count(self) -> int:
@@ -213,7 +214,8 @@ def _index(track: Track) -> VideoIndex | None:
     deltas = _runs(stbl.get("stts", b""), n)
     duration = float(pts.max()) + (deltas[-1] / track.timescale if n else 0.0)
     return VideoIndex(codec=track.codec, config=track.config, pts=pts, offsets=offsets, sizes=sizes,
-                      keyframes=keyframes, display_order=display, duration=duration, rotation=track.rotation)
+                      keyframes=keyframes, display_order=display, duration=duration, rotation=track.rotation,
+                      trimmed=track.media_time > int(pts_units.min()))
 
 
 def _stsz(box: bytes) -> np.ndarray | None:

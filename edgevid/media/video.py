@@ -76,11 +76,10 @@ def sample_video(source, num_frames: int = 32, mode: str = "accurate",
         if media.kind == "image":
             from .images import image_as_video
             return image_as_video(media)
-        if mode == "fast":
-            from .keyframes import sample_keyframes
-            sampled = sample_keyframes(media, num_frames)
-            if sampled is not None:
-                return sampled
+        from .indexed import sample_indexed
+        sampled = sample_indexed(media, num_frames, mode)
+        if sampled is not None:
+            return sampled
         return _sample_opencv(media, num_frames)
     finally:
         if owned:
