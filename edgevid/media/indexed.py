@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 START = b"\x00\x00\x00\x01"
 ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 RESTART_COST = 4      # decoded frames a new segment is worth (parameter sets, decoder reset)
+MAX_STREAM_BYTES = 512 * 2**20   # beyond this the temporary stream is not worth writing (one-GOP clips)
 
 
 @dataclass
@@ -55,7 +56,12 @@ def sample_indexed(media: MediaSource, num_frames: int, mode: str) -> SampledVid
     if mode == "fast":
         keys = index.keyframe_positions()
         targets = np.unique(keys[np.searchsorted(keys, targets, side="right") - 1])
-    frames = decode_segments(media, index, plan(index, targets))
+    segments = plan(index, targets)
+    size = sum(int(index.sizes[s.first: s.last + 1].sum()) for s in segments)
+    if size > MAX_STREAM_BYTES:
+        log.info("%s: keyframes too sparse (%d MiB to copy): reading through OpenCV", media.source, size >> 20)
+        return None
+    frames = decode_segments(media, index, segments)
     if frames is None:
         return None
     samples = index.display_order[targets]
