@@ -1,16 +1,22 @@
-"""Sample frames from a video with OpenCV: :func:`sample_video` -> :class:`SampledVideo`.
+"""Sample frames from a video: :func:`sample_video` -> :class:`SampledVideo`.
 
 Indices are ``floor(i * total / n)`` (transformers' Gemma 4 video processor), every frame when the clip
-has fewer than ``n``. Timestamps are the container's presentation times (``CAP_PROP_POS_MSEC`` read after
-each grab), so variable-frame-rate clips get true times. OpenCV applies rotation metadata itself.
+has fewer than ``n``. Timestamps are the container's presentation times, so variable-frame-rate clips get
+true times. Rotation metadata is honoured (width/height are after rotation).
 
-Frame counts from headers are not trusted: a target past the real end, or a frame found after the
-claimed end, means the count was wrong; the true count is then measured (by grabbing, from the last
-position known exactly) and the right indices are sampled. Nothing falls back to "the first n frames".
+Two readers, both OpenCV (bundled FFmpeg) underneath:
 
-Per gap between targets the reader either grabs forward or seeks, whichever its running cost estimates
-say is cheaper. A seek is trusted only if the frame it lands on has the time a constant-rate clip would
-give that index; otherwise the clip is treated as variable-rate and read sequentially from then on.
+* H.264/HEVC in MP4/MOV (most inputs) go through :mod:`edgevid.media.indexed`, which plans the decode from
+  the container index: exactly the frames from each target's previous keyframe are decoded (``fast``:
+  the keyframes alone).
+* Everything else, and any MP4 whose index cannot be trusted (truncated, trimmed), goes through the
+  reader below: ``CAP_PROP_POS_MSEC`` read after each grab; per gap it grabs forward or seeks, whichever
+  its measured costs say is cheaper; a seek is trusted only if the frame it lands on has the time a
+  constant-rate clip gives that index, otherwise the clip is read sequentially. Frame counts from
+  headers are not trusted: a target past the real end, or a frame after the claimed end, means the
+  count was wrong; the true count is then measured (grabbing from the last frame known to exist) and the
+  right indices are sampled. Nothing falls back to "the first n frames".
+
 Memory holds only the sampled frames.
 """
 from __future__ import annotations
@@ -62,7 +68,13 @@ def sample_indices(total: int, num_frames: int) -> np.ndarray:
 
 def sample_video(source, num_frames: int = 32, mode: str = "accurate",
                  policy: SourcePolicy | None = None) -> SampledVideo:
-    """Decode ``num_frames`` frames from a path, URL, data URL, bytes or :class:`MediaSource`."""
+    """Decode ``num_frames`` frames from a path, URL, data URL, bytes or :class:`MediaSource`.
+
+    ``mode="accurate"`` returns the exact frames ``floor(i * total / n)``; ``mode="fast"`` returns, for
+    long H.264/HEVC MP4/MOV clips, the keyframe at or before each target (duplicates merged, so possibly
+    fewer than ``n``) and is accurate for other inputs. ``policy`` None means
+    :meth:`SourcePolicy.permissive`.
+    """
     if not isinstance(num_frames, int) or num_frames < 1:
         raise InvalidRequestError(f"num_frames must be a positive integer, not {num_frames!r}", param="num_frames")
     if mode not in MODES:
