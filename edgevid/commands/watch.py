@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import re
 import signal
 import sys
@@ -57,6 +59,7 @@ def watch(source, model_dir, prompt, every, window, num_frames, max_windows, jso
     from edgevid.model.generate import GenerationOptions
     from edgevid.pipeline import Pipeline
 
+    _quiet_decoder_logs()
     options = WatchOptions(every=every, window=window, num_frames=num_frames, max_windows=max_windows,
                            fps=fps, connect_timeout=connect_timeout).validate()
     reader, ring = start_reader(source, options)
@@ -70,6 +73,17 @@ def watch(source, model_dir, prompt, every, window, num_frames, max_windows, jso
     stop = threading.Event()
     with _records(jsonl) as emit, _stop_on_signals(stop):
         WatchLoop(reader, ring, ask=ask, emit=emit, options=options, stop=stop).run()
+
+
+def _quiet_decoder_logs() -> None:
+    """Drops and reconnects are reported as events; FFmpeg's and OpenCV's own lines about them are noise
+    unless -v. (FFmpeg's level is read when the first capture opens, so this is early enough.)"""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        return
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 @contextlib.contextmanager
