@@ -43,7 +43,7 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
     name = config.model_name or pipeline.model_name
     provider = str(getattr(pipeline, "provider", "unknown"))
     limits = RequestLimits(model_name=name, max_frames=config.max_frames,
-                           default_frames=min(model_default_frames(pipeline), config.max_frames),
+                           default_frames=min(pipeline.default_num_frames, config.max_frames),
                            max_media_bytes=config.policy.max_bytes,
                            default_max_tokens=config.default_max_tokens)
     worker = ModelWorker(pipeline, queue_size=config.queue_size, policy=config.policy).start()
@@ -62,14 +62,6 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
-
-
-def model_default_frames(pipeline) -> int:
-    for attr in ("default_num_frames", "num_frames"):
-        value = getattr(pipeline, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 32
 
 
 def _state() -> ServerState:
