@@ -17,6 +17,8 @@ Sizes: the largest aspect-preserving height and width that are multiples of ``pa
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +80,9 @@ def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _AxisWeights:
-    index: np.ndarray      # int64 [out, taps] source indices (clipped; weight 0 where unused)
-    weights: np.ndarray    # int32 [out, taps] fixed-point weights
+    start: np.ndarray      # int64 [out] first source index of each output
+    size: np.ndarray       # int64 [out] number of source samples used
+    weights: np.ndarray    # float64 [out, taps] fixed-point weights (integers), zero past ``size``
     precision: int         # fixed-point bits
 
 
@@ -103,37 +106,56 @@ def _axis_weights(in_size: int, out_size: int) -> _AxisWeights:
     while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
         precision += 1
     scaled = w * float(1 << precision)
-    fixed = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
-    index = np.minimum(lo[:, None] + j[None, :], in_size - 1)
-    return _AxisWeights(index=index, weights=np.where(valid, fixed, 0), precision=precision)
+    fixed = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5))
+    return _AxisWeights(start=lo, size=size, weights=np.where(valid, fixed, 0.0), precision=precision)
 
 
-def _resample_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
-    """One separable pass over ``axis`` of a uint8 array, rounded and clamped back to uint8."""
-    aw = _axis_weights(x.shape[axis], out_size)
-    shape = [1] * x.ndim
-    shape[axis] = out_size
-    acc = np.full(x.shape[:axis] + (out_size,) + x.shape[axis + 1:], 1 << (aw.precision - 1),
-                  dtype=np.int32)
-    for k in range(aw.index.shape[1]):
-        weight = aw.weights[:, k]
-        if not weight.any():
-            continue
-        taken = np.take(x, aw.index[:, k], axis=axis).astype(np.int32)
-        taken *= weight.reshape(shape)
-        acc += taken
+def _resample_last_axis(x: np.ndarray, aw: _AxisWeights) -> np.ndarray:
+    """Resample the last axis of uint8 ``x [..., in]`` -> uint8 ``[..., out]``.
+
+    ``clamp((2**(p-1) + sum_k x[start + k] * w_k) >> p, 0, 255)`` in int32, as PyTorch's uint8 kernel does.
+    """
+    taps = aw.weights.shape[1]
+    index = np.minimum(aw.start[:, None] + np.arange(taps)[None, :], x.shape[-1] - 1)
+    weights = aw.weights.astype(np.int32)
+    acc = np.full(x.shape[:-1] + (index.shape[0],), 1 << (aw.precision - 1), dtype=np.int32)
+    term = np.empty_like(acc)
+    for k in range(taps):
+        if weights[:, k].any():
+            np.multiply(np.take(x, index[:, k], axis=-1), weights[:, k], out=term)
+            acc += term
     np.right_shift(acc, aw.precision, out=acc)
-    return np.clip(acc, 0, 255).astype(np.uint8)
+    return np.clip(acc, 0, 255, out=acc).astype(np.uint8)
 
 
-def resize_bicubic_aa(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize uint8 ``[..., H, W, C]`` exactly as ``torch.nn.functional.interpolate(uint8,
-    mode="bicubic", antialias=True, align_corners=False)`` does on CPU (width pass first)."""
-    out = frames
-    if out.shape[-2] != width:
-        out = _resample_axis(out, out.ndim - 2, width)
-    if out.shape[-3] != height:
-        out = _resample_axis(out, out.ndim - 3, height)
+def resize_bicubic_aa(frames: np.ndarray, height: int, width: int, workers: int | None = None) -> np.ndarray:
+    """Resize uint8 ``[N, H, W, C]`` exactly as ``torch.nn.functional.interpolate(uint8, mode="bicubic",
+    antialias=True, align_corners=False)`` does on CPU: width pass first, each pass rounded to uint8.
+
+    Frames are resized one at a time on ``workers`` threads (numpy releases the GIL; default: CPU count, max 4).
+    """
+    n, h, w, c = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    wide = _axis_weights(w, width) if w != width else None
+    tall = _axis_weights(h, height) if h != height else None
+    out = np.empty((n, height, width, c), dtype=np.uint8)
+
+    def resize_one(i: int) -> None:
+        planes = np.ascontiguousarray(frames[i].transpose(2, 0, 1))          # [C, H, W]
+        if wide is not None:
+            planes = _resample_last_axis(planes, wide)                       # [C, H, width]
+        if tall is not None:                                                 # columns as rows: [C, width, height]
+            planes = _resample_last_axis(np.ascontiguousarray(planes.transpose(0, 2, 1)), tall).transpose(0, 2, 1)
+        out[i] = planes.transpose(1, 2, 0)
+
+    workers = min(n, workers or min(4, os.cpu_count() or 1))
+    if workers <= 1:
+        for i in range(n):
+            resize_one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(resize_one, range(n)))
     return out
 
 
@@ -150,9 +172,14 @@ def resize_pil_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray
 def patchify(pixels: np.ndarray, patch_size: int) -> np.ndarray:
     """``[N, H, W, C]`` -> ``[N, (H/p)*(W/p), p*p*C]``; patches row-major, pixels (row, col, channel)."""
     n, h, w, c = pixels.shape
+    return _patch_grid(pixels, patch_size).reshape(n, (h // patch_size) * (w // patch_size), -1)
+
+
+def _patch_grid(pixels: np.ndarray, patch_size: int) -> np.ndarray:
+    """View ``[N, H/p, W/p, p, p, C]`` of ``[N, H, W, C]``."""
+    n, h, w, c = pixels.shape
     ph, pw = h // patch_size, w // patch_size
-    grid = pixels.reshape(n, ph, patch_size, pw, patch_size, c).transpose(0, 1, 3, 2, 4, 5)
-    return grid.reshape(n, ph * pw, patch_size * patch_size * c)
+    return pixels.reshape(n, ph, patch_size, pw, patch_size, c).transpose(0, 1, 3, 2, 4, 5)
 
 
 def patch_positions(height: int, width: int, patch_size: int) -> np.ndarray:
@@ -161,13 +188,24 @@ def patch_positions(height: int, width: int, patch_size: int) -> np.ndarray:
     return np.stack([xs, ys], axis=-1).reshape(-1, 2).astype(np.int64)
 
 
-def _pad(patches: np.ndarray, positions: np.ndarray, max_patches: int) -> tuple[np.ndarray, np.ndarray]:
-    n, p, d = patches.shape
-    pixel_values = np.zeros((n, max_patches, d), dtype=np.float32)
-    pixel_values[:, :p] = patches
+def _vision_input(resized: np.ndarray, rescale: str, patch_size: int, pooling: int,
+                  max_soft_tokens: int) -> VisionInput:
+    """Rescale uint8 frames straight into the padded patch tensor (no intermediate float copies)."""
+    n, h, w, c = resized.shape
+    ph, pw = h // patch_size, w // patch_size
+    max_patches = max_soft_tokens * pooling**2
+    pixel_values = np.zeros((n, max_patches, patch_size * patch_size * c), dtype=np.float32)
+    dest = pixel_values[:, :ph * pw].reshape(n, ph, pw, patch_size, patch_size, c)   # a view
+    grid = _patch_grid(resized, patch_size)
+    if rescale == "divide":       # torchvision's fused rescale + normalize (mean 0, std 1): x / 255 in float32
+        np.divide(grid, np.float32(255.0), out=dest)
+    elif rescale == "multiply":   # torchvision rescale only: uint8 tensor * (1/255) in float32
+        np.multiply(grid, np.float32(1 / 255), out=dest)
+    else:                         # transformers' numpy rescale: float64(x) * (1/255), then float32
+        dest[...] = (grid.astype(np.float64) * (1 / 255)).astype(np.float32)
     position_ids = np.full((n, max_patches, 2), -1, dtype=np.int64)
-    position_ids[:, :p] = positions
-    return pixel_values, position_ids
+    position_ids[:, :ph * pw] = patch_positions(h, w, patch_size)
+    return VisionInput(pixel_values, position_ids, [ph * pw // pooling**2] * n)
 
 
 # ---- public entry points -----------------------------------------------------------------------------
@@ -182,21 +220,12 @@ def _check(frames: np.ndarray, what: str, max_soft_tokens: int) -> np.ndarray:
     return frames
 
 
-def _vision_input(pixels: np.ndarray, patch_size: int, pooling: int, max_soft_tokens: int) -> VisionInput:
-    n, h, w, _ = pixels.shape
-    patches = patchify(pixels, patch_size)
-    pixel_values, position_ids = _pad(patches, patch_positions(h, w, patch_size), max_soft_tokens * pooling**2)
-    return VisionInput(pixel_values, position_ids, [patches.shape[1] // pooling**2] * n)
-
-
 def preprocess_video(frames: np.ndarray, max_soft_tokens: int = 70, patch_size: int = 16,
                      pooling: int = 3) -> VisionInput:
     """uint8 RGB frames ``[N, H, W, 3]`` (one video) -> :class:`VisionInput` like Gemma4VideoProcessor."""
     frames = _check(frames, "video frames", max_soft_tokens)
     h, w = target_size(frames.shape[1], frames.shape[2], max_soft_tokens, patch_size, pooling)
-    resized = resize_bicubic_aa(frames, h, w)
-    pixels = resized.astype(np.float32) / np.float32(255.0)   # torchvision's fused normalize: x / 255
-    return _vision_input(pixels, patch_size, pooling, max_soft_tokens)
+    return _vision_input(resize_bicubic_aa(frames, h, w), "divide", patch_size, pooling, max_soft_tokens)
 
 
 def preprocess_image(image: np.ndarray, max_soft_tokens: int = 280, patch_size: int = 16, pooling: int = 3,
@@ -213,9 +242,5 @@ def preprocess_image(image: np.ndarray, max_soft_tokens: int = 280, patch_size: 
         raise InvalidRequestError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     h, w = target_size(frames.shape[1], frames.shape[2], max_soft_tokens, patch_size, pooling)
     if backend == "pil":
-        resized = resize_pil_bicubic(frames[0], h, w)[None]
-        pixels = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)   # transformers' numpy rescale
-    else:
-        resized = resize_bicubic_aa(frames, h, w)
-        pixels = resized.astype(np.float32) * np.float32(1 / 255)             # torch: uint8 * scale
-    return _vision_input(pixels, patch_size, pooling, max_soft_tokens)
+        return _vision_input(resize_pil_bicubic(frames[0], h, w)[None], "numpy", patch_size, pooling, max_soft_tokens)
+    return _vision_input(resize_bicubic_aa(frames, h, w), "multiply", patch_size, pooling, max_soft_tokens)
