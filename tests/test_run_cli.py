@@ -1,0 +1,104 @@
+"""``edgevid run`` end to end on a real exported tiny model: one-shot streaming, --json, interactive chat
+with paths typed in the prompt, /clear and /exit, and one-line errors with a non-zero exit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+import edgevid  # noqa: E402
+from edgevid.cli import main  # noqa: E402
+from edgevid.commands.run import split_media  # noqa: E402
+from runtime_models import exported_model, models_root, write_test_clip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return exported_model("e2b_like", models_root(tmp_path_factory))[1]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_test_clip(tmp_path_factory.mktemp("cli-clip") / "clip.mp4")
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, ["run", *map(str, args)], input=input)
+
+
+def test_one_shot_json(model_dir, clip):
+    result = run("-m", model_dir, "--video", clip, "-i", "What happens?", "--num-frames", 4, "--max-tokens", 5,
+                 "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"text", "token_ids", "prompt_tokens", "completion_tokens", "finish_reason", "timings"}
+    assert data["completion_tokens"] == len(data["token_ids"]) == 5
+    assert data["finish_reason"] == "length"
+    assert data["prompt_tokens"] > 4 * 63
+    assert data["timings"]["ttft_s"] > 0
+
+
+def test_one_shot_streams_answer_and_status(model_dir, clip):
+    as_json = json.loads(run("-m", model_dir, "--video", clip, "-i", "What happens?", "--num-frames", 4,
+                             "--max-tokens", 5, "--json").stdout)
+    result = run("-m", model_dir, "--video", clip, "-i", "What happens?", "--num-frames", 4, "--max-tokens", 5)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == as_json["text"] + "\n"            # same greedy answer, streamed
+    assert "4 frames from" in result.stderr and f"prompt {as_json['prompt_tokens']} tokens" in result.stderr
+    assert "first token" in result.stderr and "tokens/s" in result.stderr
+
+
+def test_interactive_attaches_typed_paths_keeps_history_and_clears(model_dir, clip):
+    lines = f"what is in {clip} ?\nand then?\n/clear\nhello\n/exit\n"
+    result = run("-m", model_dir, "--num-frames", 2, "--max-tokens", 3, input=lines)
+    assert result.exit_code == 0, result.output
+    statuses = [line for line in result.stderr.splitlines() if line.startswith("[") and "prompt" in line]
+    assert len(statuses) == 3
+    prompts = [int(s.split("prompt ")[1].split(" ")[0]) for s in statuses]
+    assert "2 frames from" in statuses[0] and "frames" not in statuses[2]
+    assert prompts[1] > prompts[0] > prompts[2]              # history kept, then cleared
+    assert "[conversation cleared]" in result.stderr
+
+
+def test_split_media_finds_paths_and_urls(clip, tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"not decoded here")
+    text, media = split_media(f'compare {clip} and "{image}" with https://example.com/a.webm please')
+    assert text == "compare and with please"
+    assert [next(iter(m)) for m in media] == ["type"] * 3
+    assert [m["type"] for m in media] == ["image_url", "video_url", "video_url"]
+    text, media = split_media("no media /tmp/missing.mp4 here")
+    assert media == [] and text == "no media /tmp/missing.mp4 here"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "5", "-i", "x"], "temperature must be between 0.0 and 2.0"),
+    (["--top-p", "0", "-i", "x"], "top_p must be"),
+    pytest.param(["--device", "cuda", "-i", "x"], "CUDAExecutionProvider", marks=pytest.mark.skipif(
+        "CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is installed here")),
+    (["--precision", "q4", "-i", "x"], "precision 'q4'"),
+    (["--video", "/no/such.mp4", "-i", "x"], "/no/such.mp4"),
+    (["--json"], "--json needs a one-shot prompt"),
+])
+def test_errors_are_one_line_and_exit_1(model_dir, args, message):
+    result = run("-m", model_dir, *args)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+@pytest.mark.skipif((Path(edgevid.__file__).parent / "demo" / "edgevid.json").is_file(), reason="demo model bundled")
+def test_demo_without_bundled_model_says_how_to_make_one():
+    result = run("--demo", "-i", "hi")
+    assert result.exit_code == 1
+    assert "edgevid export --demo --output models/edgevid-demo" in result.stderr
+
+
+def test_missing_model_folder(tmp_path):
+    result = run("-m", tmp_path / "nope", "-i", "hi")
+    assert result.exit_code == 1 and "model folder not found" in result.stderr
