@@ -31,11 +31,6 @@ class UnsupportedParameterError(InvalidRequestError):
     code = "unsupported_parameter"
 
 
-class RequestTooLargeError(InvalidRequestError):
-    status = 413
-    code = "request_too_large"
-
-
 class ServerBusyError(EdgevidError):
     """Every slot of the model queue is taken; the client should retry later."""
     status = 503
