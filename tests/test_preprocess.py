@@ -136,6 +136,7 @@ def test_resize_is_torch_exact_on_both_memory_layouts():
     ours = resize_bicubic_aa(frames, 144, 48)
     np.testing.assert_array_equal(ours, ref)
     np.testing.assert_array_equal(ours, ref_cl)
+    np.testing.assert_array_equal(resize_bicubic_aa(frames, 144, 48, workers=1), ref)   # threads change nothing
 
 
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installable here (CUDA-only wheels)")
