@@ -47,6 +47,19 @@ def test_no_double_bos(tok, folder):
     assert tok.encode("<bos>hi", add_special_tokens=True).count(folder.special.bos) == 1
 
 
+def test_ids_in_edgevid_json_must_match_tokenizer_json(tmp_path):
+    import json
+
+    from edgevid.errors import ModelFolderError
+
+    path = write_model_folder(tmp_path / "m")
+    manifest = json.loads((path / "edgevid.json").read_text())
+    manifest["special_tokens"]["video"] = 999
+    (path / "edgevid.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="video token '<\\|video\\|>' id 999"):
+        Tokenizer.from_folder(ModelFolder.load(path))
+
+
 def test_multibyte_characters_split_over_byte_tokens_are_never_broken(tok):
     text = "Voilà: 😀 ok é🎬"
     ids = tok.encode(text, add_special_tokens=False)

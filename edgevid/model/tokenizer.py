@@ -38,8 +38,17 @@ class Tokenizer:
 
     @classmethod
     def from_folder(cls, folder) -> "Tokenizer":
-        """From a :class:`edgevid.model.manifest.ModelFolder`."""
-        return cls.from_file(folder.tokenizer_path, folder.special.bos_text)
+        """From a :class:`edgevid.model.manifest.ModelFolder`; checks edgevid.json's ids against tokenizer.json."""
+        tokenizer = cls.from_file(folder.tokenizer_path, folder.special.bos_text)
+        s = folder.special
+        for name, text, expected in (("bos", s.bos_text, s.bos), ("boi", s.boi_text, s.boi), ("eoi", s.eoi_text, s.eoi),
+                                     ("image", s.image_text, s.image), ("video", s.video_text, s.video)):
+            actual = tokenizer.token_to_id(text)
+            if actual != expected:
+                raise ModelFolderError(
+                    f"model folder {folder.path}: edgevid.json gives the {name} token {text!r} id {expected}, "
+                    f"tokenizer.json gives {actual}", source=str(folder.path))
+        return tokenizer
 
     @property
     def vocab_size(self) -> int:
