@@ -9,8 +9,6 @@ from edgevid.errors import UnreadableMediaError, UnsupportedMediaError
 from .policy import SourcePolicy
 from .sources import MediaSource, open_source
 
-Image.MAX_IMAGE_PIXELS = 64_000_000     # refuse decompression bombs (Pillow raises past 2x this)
-
 
 def load_image(source, policy: SourcePolicy | None = None) -> np.ndarray:
     """uint8 RGB [H, W, 3] from png/jpeg/webp (or a GIF's first frame); EXIF orientation honoured."""
@@ -39,9 +37,9 @@ def decode_image(path: str, source: str) -> np.ndarray:
 
 def image_as_video(media: MediaSource):
     """A still image given where a video was expected: a one-frame video at t=0."""
-    from .video import SampledVideo
+    from .video import DEFAULT_FPS, SampledVideo
     frame = decode_image(media.path, media.source)
-    return SampledVideo(frames=frame[None], timestamps=np.zeros(1), indices=np.zeros(1, np.int64), fps=0.0,
+    return SampledVideo(frames=frame[None], timestamps=np.zeros(1), indices=np.zeros(1, np.int64), fps=DEFAULT_FPS,
                         duration=0.0, frame_count=1, width=frame.shape[1], height=frame.shape[0],
                         source=media.source)
 
