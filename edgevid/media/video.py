@@ -293,7 +293,7 @@ def _check_end(reader: _Reader, total: int) -> int:
 
 def _count_rest(reader: _Reader) -> int:
     """The true count after a seek found no frame: grab on from the last frame known to exist."""
-    if reader.last_good >= 0 and reader.seekable and reader.last_good > 0:
+    if reader.seekable and reader.last_good > 0:
         if reader.seek(reader.last_good):
             while reader.grab():
                 pass
