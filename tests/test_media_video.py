@@ -203,6 +203,11 @@ def test_fast_mode_snaps_to_preceding_keyframes(tmp_path, options):
     assert video.frame_count == 240 and video.fps == pytest.approx(24.0)
 
 
+def test_fast_mode_on_a_short_clip_gives_every_frame(tmp_path):
+    path = write_clip(tmp_path / "short.mp4", frames=20, gop=10)
+    assert_right_frames(sample_video(path, mode="fast"), path, 20)
+
+
 def test_fast_mode_rotation_matches_accurate(tmp_path):
     path = write_clip(tmp_path / "rk.mp4", frames=100, gop=10, rotation=90)
     fast, accurate = sample_video(path, 8, mode="fast"), sample_video(path, 100)

@@ -10,7 +10,8 @@ forward" would decode are decoded.
 
 * accurate: the targets ``floor(i * total / n)``; consecutive targets share a segment when decoding on
   is cheaper than restarting from a keyframe.
-* fast: each target snaps to the keyframe at or before it; one-sample segments, one decode per frame.
+* fast: each target snaps to the keyframe at or before it (targets sharing a keyframe give one frame);
+  one-sample segments, one decode per frame. Clips with no more than ``n`` frames give all of them.
 
 Timestamps are the index's presentation times (exact on VFR clips), rotation comes from the track
 matrix. Every plan is checked: the decoder must output exactly the planned number of pictures, or the
@@ -53,7 +54,7 @@ def sample_indexed(media: MediaSource, num_frames: int, mode: str) -> SampledVid
         return None
     total = index.frame_count
     targets = sample_indices(total, num_frames)
-    if mode == "fast":
+    if mode == "fast" and total > num_frames:       # a short clip gives all its frames in either mode
         keys = index.keyframe_positions()
         targets = np.unique(keys[np.searchsorted(keys, targets, side="right") - 1])
     segments = plan(index, targets)
