@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 
 import click
 
@@ -29,19 +30,21 @@ def _missing_backend() -> str | None:
 
 
 def _load_export_backend():
-    """(convert module, demo module or None); ExportError with the install hint when torch is missing."""
+    """The ``edgevid_export.convert`` module; ExportError with the install hint when torch is missing."""
     missing = _missing_backend()
     if missing:
         raise ExportError(f"{INSTALL_HINT} (missing {missing})")
     try:
-        convert = importlib.import_module("edgevid_export.convert")
+        return importlib.import_module("edgevid_export.convert")
     except ImportError as exc:
         raise ExportError(f"{INSTALL_HINT} ({exc})") from exc
+
+
+def _optional_module(name: str, what: str):
     try:
-        demo = importlib.import_module("edgevid_export.demo")
-    except ImportError:
-        demo = None
-    return convert, demo
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ExportError(f"{what} ({name}) is not available: {exc}") from exc
 
 
 def _precisions(value: str) -> tuple[str, ...]:
@@ -66,22 +69,30 @@ def _progress(line: str) -> None:
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity gate against PyTorch.")
 @click.option("--verify", is_flag=True, help="Only re-run the parity gate on an existing --output folder.")
-@click.option("--demo", is_flag=True, help="Build the small demo checkpoint into OUTPUT/checkpoint and export it.")
-def export(model, output, precision, opset, no_validate, verify, demo):
+@click.option("--demo", is_flag=True,
+              help="Train the small demo model (minutes) into OUTPUT/checkpoint and export it.")
+@click.option("--random-demo", is_flag=True,
+              help="Like --demo but with random weights (seconds): for trying the pipeline, answers are noise.")
+def export(model, output, precision, opset, no_validate, verify, demo, random_demo):
     """Convert a Gemma 4 checkpoint into a verified ONNX model folder."""
     precisions = _precisions(precision)
-    if not demo and not model:
+    if demo and random_demo:
+        raise click.UsageError("choose one of --demo and --random-demo")
+    if (demo or random_demo) and model:
+        raise click.UsageError("--demo/--random-demo build their own checkpoint; drop --model")
+    if not (demo or random_demo or model):
         raise click.UsageError("give --model HF_ID_OR_DIR, or --demo")
-    if demo and model:
-        raise click.UsageError("--demo builds its own checkpoint; drop --model")
-    convert, demo_module = _load_export_backend()
+    convert = _load_export_backend()
+    out = Path(output)
     if demo:
-        if demo_module is None:
-            raise ExportError("the demo checkpoint builder (edgevid_export.demo) is not installed")
-        from pathlib import Path
-
-        _progress(f"edgevid export: building the demo checkpoint in {Path(output) / 'checkpoint'}")
-        model = str(demo_module.build_demo_checkpoint(Path(output) / "checkpoint"))
+        trainer = _optional_module("edgevid_export.train_demo", "the demo trainer")
+        _progress(f"edgevid export: training the demo model into {out / 'checkpoint'} (takes minutes)")
+        click.echo(str(trainer.build_trained_demo(out, precisions=precisions, progress=_progress)))
+        return
+    if random_demo:
+        builder = _optional_module("edgevid_export.demo", "the demo checkpoint builder")
+        _progress(f"edgevid export: building the random-weight demo checkpoint in {out / 'checkpoint'}")
+        model = str(builder.build_demo_checkpoint(out / "checkpoint"))
     if verify:
         report = convert.verify_export(model, output, progress=_progress)
         click.echo(f"parity ok: prefill max|diff| {report.prefill_max_abs_diff:.2e}, "

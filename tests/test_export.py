@@ -1,0 +1,221 @@
+"""edgevid export: tiny random Gemma 4 checkpoints of every decoder shape, saved with ``save_pretrained``,
+exported through the real path and checked by the parity gate (onnxruntime vs transformers)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import onnxruntime as ort  # noqa: E402
+
+from edgevid.errors import ExportError  # noqa: E402
+from edgevid_export.convert import export_model  # noqa: E402
+from gemma_configs import ALL_CONFIGS, SLIDING_WINDOW, SPECIAL_IDS, save_random_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+_EXPORTS: dict = {}
+
+
+def _cli(*args, env_extra=None, code=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.update(env_extra or {})
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "edgevid", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """shape name -> (checkpoint folder, model folder, progress lines); each shape exported once."""
+    def get(shape):
+        if shape not in _EXPORTS:
+            base = tmp_path_factory.mktemp(shape)
+            checkpoint = save_random_checkpoint(ALL_CONFIGS[shape](), base / "checkpoint", seed=3)
+            lines = []
+            folder = export_model(checkpoint, base / "model", precisions=("fp32",), progress=lines.append)
+            _EXPORTS[shape] = (checkpoint, folder, lines)
+        return _EXPORTS[shape]
+    return get
+
+
+def _manifest(folder):
+    return json.loads((Path(folder) / "edgevid.json").read_text(encoding="utf-8"))
+
+
+def _io(path):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ({i.name: i for i in session.get_inputs()}, [o.name for o in session.get_outputs()], session)
+
+
+@pytest.mark.parametrize("shape", ["e2b_like", "bidirectional"])
+def test_export_passes_parity_gate(exported, shape):
+    _, folder, lines = exported(shape)
+    manifest = _manifest(folder)
+    parity = manifest["parity"]
+    assert parity["passed"] is True
+    assert parity["prefill_max_abs_diff"] <= 1e-4
+    assert parity["greedy_steps"] == 32 and parity["greedy_match"] is True
+    assert parity["prompt_tokens"] > SLIDING_WINDOW                   # the window is exercised
+    assert parity["vision_max_abs_diff"] <= 1e-5
+    for stage in ("vision encoder", "embed tokens", "decoder", "parity gate"):
+        assert any(stage in line and "done in" in line for line in lines), stage
+    fp32 = manifest["precisions"]["fp32"]
+    assert fp32["size_bytes"] > 0
+    for name in ("config.json", "generation_config.json", fp32["vision_encoder"], fp32["embed_tokens"], fp32["decoder"]):
+        assert (folder / name).is_file(), name
+    assert manifest["special_tokens"]["video"] == SPECIAL_IDS["video"]
+    assert manifest["special_tokens"]["eos"] == [SPECIAL_IDS["eos"], SPECIAL_IDS["end_of_turn"]]
+    assert manifest["video"] == {"num_frames": 32, "max_soft_tokens": 70, "default_fps": 24.0}
+
+
+def test_e2b_graph_contract(exported):
+    """Per-layer inputs, KV sharing (only layers 0 and 1 own caches), per-layer head dims and tensor names."""
+    _, folder, _ = exported("e2b_like")
+    decoder = _manifest(folder)["decoder"]
+    assert decoder["per_layer_inputs"] is True and decoder["cache_layers"] == [0, 1]
+    assert decoder["kv_shared_layers"] == {"2": 0, "3": 1}
+    _, outputs, _ = _io(folder / "embed_tokens.onnx")
+    assert outputs == ["inputs_embeds", "per_layer_inputs"]
+    inputs, outputs, _ = _io(folder / "decoder_model_merged.onnx")
+    assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+    assert "input_ids" not in inputs and "per_layer_inputs" in inputs
+    assert inputs["past_key_values.0.key"].shape[1:] == [2, inputs["past_key_values.0.key"].shape[2], 16]
+    assert inputs["past_key_values.1.key"].shape[3] == 32                   # global head dim
+    _, outputs, _ = _io(folder / "vision_encoder.onnx")
+    assert outputs == ["image_features"]
+
+
+def test_bidirectional_graph_reads_input_ids(exported):
+    """The bidirectional decoder takes input_ids, and they change the result: the same embeddings with the
+    video ids replaced by a text id give different logits on the video block."""
+    _, folder, _ = exported("bidirectional")
+    inputs, _, session = _io(folder / "decoder_model_merged.onnx")
+    assert "input_ids" in inputs and "per_layer_inputs" not in inputs
+    assert inputs["past_key_values.2.key"].shape[1] == 1                      # num_global_key_value_heads
+    rng = np.random.default_rng(0)
+    ids = np.array([[2, 5, SPECIAL_IDS["boi"]] + [SPECIAL_IDS["video"]] * 4 + [SPECIAL_IDS["eoi"], 7, 8]])
+    seq = ids.shape[1]
+    feeds = {"inputs_embeds": rng.standard_normal((1, seq, 64)).astype(np.float32),
+             "attention_mask": np.ones((1, seq), np.int64), "position_ids": np.arange(seq)[None]}
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), np.float32)
+    with_block = session.run(["logits"], dict(feeds, input_ids=ids))[0]
+    as_text = session.run(["logits"], dict(feeds, input_ids=np.where(ids == SPECIAL_IDS["video"], 9, ids)))[0]
+    assert np.abs(with_block[0, 3:6] - as_text[0, 3:6]).max() > 1e-3       # earlier block rows see later ones
+    np.testing.assert_allclose(with_block[0, :3], as_text[0, :3], atol=1e-6)  # before the block: unchanged
+
+
+def test_num_logits_to_keep_and_left_padding(exported):
+    """k=1 returns the last row of the full logits; a left-padded batch row equals the same prompt alone."""
+    _, folder, _ = exported("e2b_like")
+    embed = ort.InferenceSession(str(folder / "embed_tokens.onnx"), providers=["CPUExecutionProvider"])
+    inputs, _, decoder = _io(folder / "decoder_model_merged.onnx")
+    ids = np.array([[2, 11, 12, 13, 14, 15, 16, 17, 18, 19]])
+
+    def run(batch_ids, mask, keep):
+        embeds, per_layer = embed.run(None, {"input_ids": batch_ids})
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        feeds = {"inputs_embeds": embeds, "per_layer_inputs": per_layer, "attention_mask": mask,
+                 "position_ids": positions, "num_logits_to_keep": np.array(keep, np.int64)}
+        for name, meta in inputs.items():
+            if name.startswith("past_key_values."):
+                feeds[name] = np.zeros((len(batch_ids), meta.shape[1], 0, meta.shape[3]), np.float32)
+        return decoder.run(["logits"], feeds)[0]
+
+    alone = run(ids, np.ones_like(ids), 0)
+    assert alone.shape[1] == ids.shape[1]
+    last = run(ids, np.ones_like(ids), 1)
+    assert last.shape[1] == 1
+    np.testing.assert_allclose(last[0, 0], alone[0, -1], atol=1e-5)
+    short = ids[:, :7]
+    padded = np.concatenate([np.zeros((1, 3), np.int64), short], axis=1)
+    batch = np.concatenate([ids, padded])
+    mask = np.concatenate([np.ones_like(ids), (padded != 0).astype(np.int64)])
+    both = run(batch, mask, 1)
+    np.testing.assert_allclose(both[0, 0], alone[0, -1], atol=1e-4)
+    np.testing.assert_allclose(both[1, 0], run(short, np.ones_like(short), 1)[0, 0], atol=1e-4)
+
+
+def test_cli_export_moe(tmp_path):
+    """The CLI path end to end on the MoE shape (26B-style, bidirectional, k_eq_v): stage lines on
+    stderr, the folder on stdout, a passing gate in edgevid.json."""
+    checkpoint = save_random_checkpoint(ALL_CONFIGS["moe"](), tmp_path / "checkpoint", seed=5)
+    proc = _cli("export", "--model", str(checkpoint), "--output", str(tmp_path / "model"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("model")
+    assert "edgevid export: decoder -> decoder_model_merged.onnx done in" in proc.stderr
+    manifest = _manifest(tmp_path / "model")
+    assert manifest["decoder"]["moe"] is True and manifest["decoder"]["bidirectional_vision"] is True
+    assert manifest["parity"]["passed"] is True and manifest["parity"]["greedy_match"] is True
+
+
+def test_corrupted_graph_fails_the_gate(exported, tmp_path):
+    """Perturb one decoder weight after export: re-running the gate exits non-zero with one clear line."""
+    import onnx
+    from onnx import numpy_helper
+
+    checkpoint, folder, _ = exported("e2b_like")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    model = onnx.load(str(broken / "decoder_model_merged.onnx"))
+    target = next(t for t in model.graph.initializer if t.name == "text.norm.weight")   # the final norm
+    values = numpy_helper.to_array(target).copy()
+    values += 0.05 * np.sign(values)
+    target.CopyFrom(numpy_helper.from_array(values, target.name))
+    onnx.save(model, str(broken / "decoder_model_merged.onnx"))
+
+    proc = _cli("export", "--model", str(checkpoint), "--output", str(broken), "--verify")
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "parity gate failed" in errors[0], proc.stderr[-2000:]
+
+    ok = _cli("export", "--model", str(checkpoint), "--output", str(folder), "--verify")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "parity ok" in ok.stdout
+
+
+def test_cli_without_torch_says_how_to_install(tmp_path):
+    code = ("import sys\nsys.modules['torch'] = None\nfrom edgevid.cli import main\n"
+            f"main(['export', '--model', 'x', '--output', {str(tmp_path / 'out')!r}])\n")
+    proc = _cli(code=code)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        'error: edgevid export needs torch and transformers: pip install "edgevid[export]" (missing torch)']
+
+
+def test_rejects_other_checkpoints(tmp_path):
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}), encoding="utf-8")
+    with pytest.raises(ExportError, match="not a Gemma 4 checkpoint"):
+        export_model(folder, tmp_path / "out", progress=lambda line: None)
+    with pytest.raises(ExportError, match="unknown precision"):
+        export_model(folder, tmp_path / "out", precisions=("fp8",), progress=lambda line: None)
+
+
+def test_large_graphs_go_to_external_data(tmp_path, monkeypatch):
+    """Past the size limit a graph is written as <graph>.onnx + <graph>.onnx_data and still loads."""
+    from edgevid_export import onnx_graphs
+    from gemma_configs import build_random_model, dense_config
+
+    monkeypatch.setattr(onnx_graphs, "TWO_GB", 1024)
+    model = build_random_model(dense_config(), seed=1)
+    path = onnx_graphs.export_embed_tokens(model, tmp_path / "embed_tokens.onnx")
+    data = tmp_path / "embed_tokens.onnx_data"
+    assert data.is_file() and data.stat().st_size >= 512 * 64 * 4
+    assert path.stat().st_size < data.stat().st_size
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids = np.array([[2, 3, SPECIAL_IDS["video"]]])
+    embeds = session.run(None, {"input_ids": ids})[0]
+    table = model.model.language_model.embed_tokens.weight.detach().numpy() * 64 ** 0.5
+    np.testing.assert_allclose(embeds[0, :2], table[[2, 3]], rtol=1e-5)
+    np.testing.assert_allclose(embeds[0, 2], table[SPECIAL_IDS["pad"]], rtol=1e-5)   # placeholder -> pad
