@@ -18,7 +18,7 @@ This module needs numpy and OpenCV only (no torch), so runtime tests can generat
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -319,3 +319,30 @@ def vocabulary() -> list[str]:
         for word in text.replace("{kind}", "").replace("{colour}", "").replace("?", " ? ").replace(".", " . ").split():
             words.add(word.lower())
     return sorted(words)
+
+
+def sample_clip_spec() -> ClipSpec:
+    """The clip shipped as ``edgevid/demo/sample.mp4``: a red circle moves from left to right while a
+    blue square stands still, over a grey gradient. Answer to "What happens in this video?":
+    "a red circle moves from left to right."."""
+    return ClipSpec(
+        seed=-1,
+        shapes=(Shape("circle", "red", 14, (28.0, 72.0), (132.0, 72.0)),
+                Shape("square", "blue", 12, (96.0, 26.0), (96.0, 26.0))),
+        mover=0, direction="right", background=("gradient", (170, 170, 165), (105, 110, 112), 1),
+    )
+
+
+def label_maps(spec: ClipSpec, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel classes of frame ``index``: (colour map, shape map), uint8 [H, W]; 0 = background,
+    colour k + 1 = ``list(COLORS)[k]``, shape k + 1 = ``SHAPES[k]``. Dense targets for training aids."""
+    colour_map = np.zeros((spec.height, spec.width), np.uint8)
+    shape_map = np.zeros_like(colour_map)
+    t = index / max(spec.frame_count - 1, 1)
+    for shape in spec.shapes:
+        mask = np.zeros((spec.height, spec.width, 3), np.uint8)
+        draw_shape(mask, replace(shape, colour="red"), shape_center(shape, t))
+        covered = mask[..., 0] > 127
+        colour_map[covered] = list(COLORS).index(shape.colour) + 1
+        shape_map[covered] = SHAPES.index(shape.kind) + 1
+    return colour_map, shape_map

@@ -47,6 +47,8 @@ class DemoRecipe:
     vision_layers: int = 1
     eval_every: int = 100
     eval_clips: int = 12
+    sliding_window: int = 128
+    aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -134,7 +136,7 @@ def demo_config(recipe: DemoRecipe):
     text = Gemma4TextConfig(
         vocab_size=recipe.vocab_size, hidden_size=recipe.text_hidden, intermediate_size=2 * recipe.text_hidden,
         num_hidden_layers=len(layer_types), layer_types=layer_types, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=32, global_head_dim=64, sliding_window=128, max_position_embeddings=4096,
+        head_dim=32, global_head_dim=64, sliding_window=recipe.sliding_window, max_position_embeddings=4096,
         hidden_size_per_layer_input=16, vocab_size_per_layer_input=recipe.vocab_size, num_kv_shared_layers=2,
         final_logit_softcapping=30.0, pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos,
         initializer_range=0.02,
@@ -162,47 +164,52 @@ class EncodedClip:
     position_ids: np.ndarray      # i64 [N, P, 2]
     soft_tokens: list[int]
     timestamps: np.ndarray        # seconds [N]
+    colour_targets: np.ndarray    # f32 [N * soft tokens, colours + 1] area fractions (training aid)
+    shape_targets: np.ndarray     # f32 [N * soft tokens, shapes + 1]
+    xy_targets: np.ndarray        # f32 [N * soft tokens, 2]
 
 
-def sample_frames(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """The runtime's sampler (``edgevid.media.sample_video``) -> (frames, timestamps)."""
-    try:
-        from edgevid.media import sample_video
-    except ImportError:          # media helper not landed yet: same rule, floor(i * total / n), msec stamps
-        return _sample_frames_cv2(path, num_frames)
-    sampled = sample_video(str(path), num_frames=num_frames)
-    return sampled.frames, sampled.timestamps
+def sample_frames(path: Path, num_frames: int):
+    """The runtime's sampler: ``edgevid.media.sample_video`` -> SampledVideo."""
+    from edgevid.media import sample_video
+
+    return sample_video(str(path), num_frames=num_frames)
 
 
-def _sample_frames_cv2(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    wanted = set(range(total)) if total <= num_frames else {i * total // num_frames for i in range(num_frames)}
-    frames, stamps, index = [], [], 0
-    while capture.grab():
-        if index in wanted:
-            ok, bgr = capture.retrieve()
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            stamps.append(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
-        index += 1
-    capture.release()
-    return np.stack(frames), np.array(stamps)
-
-
-def encode_clip(spec: synthetic.ClipSpec, recipe: DemoRecipe, workdir: Path,
-                frames_hook=None) -> EncodedClip:
+def encode_clip(spec: synthetic.ClipSpec, recipe: DemoRecipe, workdir: Path) -> EncodedClip:
     """Render, write H.264 MP4, sample and preprocess exactly as the runtime will."""
     from edgevid.model.preprocess import preprocess_video
 
     path = synthetic.write_mp4(workdir / f"clip_{spec.seed}.mp4", synthetic.render_clip(spec), spec.fps)
-    frames, timestamps = sample_frames(path, recipe.num_frames)
+    sampled = sample_frames(path, recipe.num_frames)
     path.unlink()
-    if frames_hook is not None:
-        frames = frames_hook(frames)
-    vision = preprocess_video(frames, max_soft_tokens=recipe.max_soft_tokens)
-    return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens), timestamps)
+    vision = preprocess_video(sampled.frames, max_soft_tokens=recipe.max_soft_tokens)
+    colour, shape, xy = dense_targets(spec, sampled.indices, vision.position_ids)
+    return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens),
+                       sampled.timestamps, colour, shape, xy)
+
+
+def dense_targets(spec: synthetic.ClipSpec, indices, position_ids: np.ndarray, pooling: int = 3):
+    """Training aid: for every soft token (vision-output order: frame, then row-major cells of
+    ``pooling`` x ``pooling`` patches), the area fractions of each colour / shape class under it and the
+    cell's normalised (x, y) centre."""
+    valid = position_ids[0, :, 0] >= 0
+    cols = int(position_ids[0, valid, 0].max() + 1) // pooling
+    rows = int(position_ids[0, valid, 1].max() + 1) // pooling
+    cell = ((np.arange(spec.height) * rows // spec.height)[:, None] * cols
+            + (np.arange(spec.width) * cols // spec.width)[None, :]).ravel()
+    area = np.bincount(cell, minlength=rows * cols).astype(np.float32)[:, None]
+    colour, shape = [], []
+    for index in indices:
+        colour_map, shape_map = synthetic.label_maps(spec, int(index))
+        for maps, classes, out in ((colour_map, len(synthetic.COLORS) + 1, colour),
+                                   (shape_map, len(synthetic.SHAPES) + 1, shape)):
+            counts = np.zeros((rows * cols, classes), np.float32)
+            np.add.at(counts, (cell, maps.ravel()), 1.0)
+            out.append(counts / area)
+    ys, xs = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
+    xy = np.tile(np.stack([xs, ys], -1).reshape(-1, 2), (len(indices), 1)).astype(np.float32)
+    return np.concatenate(colour), np.concatenate(shape), xy
 
 
 def frame_timestamp(seconds: float) -> str:
@@ -285,11 +292,39 @@ def _forward(model, clips: list[EncodedClip], input_ids, mask, owners, keep: int
     pixel_values = torch.from_numpy(np.concatenate([c.pixel_values for c in clips]))
     positions = torch.from_numpy(np.concatenate([c.position_ids for c in clips]))
     per_video = torch.tensor([c.pixel_values.shape[0] for c in clips])
-    features = model.model.get_video_features(pixel_values, positions, num_frames_per_video=per_video,
-                                              return_dict=True).pooler_output
-    video = BaseModelOutputWithPooling(pooler_output=[features[c] for c in owners])
-    return model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"video": video},
-                 logits_to_keep=keep).logits
+    encoded = model.model.get_video_features(pixel_values, positions, num_frames_per_video=per_video,
+                                             return_dict=True)
+    video = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[c] for c in owners])
+    logits = model(input_ids=input_ids, attention_mask=mask, mm_encoder_outputs={"video": video},
+                   logits_to_keep=keep).logits
+    return logits, encoded.last_hidden_state
+
+
+def _aux_heads(recipe: DemoRecipe):
+    """Linear probes on the vision tower's pooled soft tokens (colour, shape, position). A training aid
+    only: dense targets from the renderer teach the small vision tower in far fewer steps; the probes
+    are thrown away and the exported model is a plain Gemma 4."""
+    import torch
+
+    return torch.nn.ModuleDict({
+        "colour": torch.nn.Linear(recipe.vision_hidden, len(synthetic.COLORS) + 1),
+        "shape": torch.nn.Linear(recipe.vision_hidden, len(synthetic.SHAPES) + 1),
+        "xy": torch.nn.Linear(recipe.vision_hidden, 2),
+    })
+
+
+def aux_loss(heads, features, clips: list[EncodedClip]):
+    import torch
+    import torch.nn.functional as F
+
+    x = features.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    loss = 0.0
+    for name in ("colour", "shape"):
+        target = torch.from_numpy(np.concatenate([getattr(c, f"{name}_targets") for c in clips]))
+        loss = loss + F.cross_entropy(heads[name](x), target)
+    target = torch.from_numpy(np.concatenate([c.xy_targets for c in clips]))
+    return loss + 10.0 * F.mse_loss(heads["xy"](x), target)
 
 
 def answer_loss_and_hits(logits, labels):
@@ -321,7 +356,7 @@ def evaluate(model, clips: list[EncodedClip], prompts: PromptBuilder, pad_id: in
     with torch.no_grad():
         for clip in clips:   # questions_for asks one question per kind, in QUESTION_KINDS order
             input_ids, labels, mask, owners, keep = _batch([clip], prompts, rng, pad_id)
-            logits = _forward(model, [clip], input_ids, mask, owners, keep)
+            logits, _ = _forward(model, [clip], input_ids, mask, owners, keep)
             _, ok = answer_loss_and_hits(logits, labels[:, -keep:])
             for kind, good in zip(synthetic.QUESTION_KINDS, ok.tolist()):
                 hits[kind].append(good)
@@ -358,8 +393,10 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
     model = Gemma4ForConditionalGeneration(demo_config(recipe))
     prompts = PromptBuilder(tokenizer_dir)
     pad = demo_token_ids().pad
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    heads = _aux_heads(recipe)
+    named = list(model.named_parameters()) + list(heads.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                                    {"params": other, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(recipe.seed)
@@ -369,7 +406,7 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
     try:
         with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
-            accuracy = _train_loop(model, optimizer, recipe, prompts, pad, rng, Path(tmp), pool, progress)
+            accuracy = _train_loop(model, heads, optimizer, recipe, prompts, pad, rng, Path(tmp), pool, progress)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
@@ -377,7 +414,7 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
     return model.eval(), accuracy
 
 
-def _train_loop(model, optimizer, recipe, prompts, pad, rng, work: Path, pool, progress) -> dict:
+def _train_loop(model, heads, optimizer, recipe, prompts, pad, rng, work: Path, pool, progress) -> dict:
     import torch
 
     accuracy: dict = {}
@@ -390,14 +427,15 @@ def _train_loop(model, optimizer, recipe, prompts, pad, rng, work: Path, pool, p
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(recipe, step)
-        logits = _forward(model, clips, input_ids, mask, owners, keep)
+        logits, features = _forward(model, clips, input_ids, mask, owners, keep)
         loss, ok = answer_loss_and_hits(logits, labels[:, -keep:])
+        aux = aux_loss(heads, features, clips)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + recipe.aux_weight * aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 20 == 0:
-            progress(f"step {step:5d}  loss {loss.item():.4f}  batch exact {ok.float().mean():.2f}  "
+            progress(f"step {step:5d}  loss {loss.item():.4f}  aux {aux.item():.3f}  batch exact {ok.float().mean():.2f}  "
                      f"{time.perf_counter() - started:6.0f}s")
         if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
             accuracy = evaluate(model, eval_clips, prompts, pad)
@@ -456,15 +494,51 @@ def export_demo(checkpoint: Path, output: Path, recipe: DemoRecipe, precisions, 
     return output
 
 
+SHIPPED_PRECISIONS = ("fp32", "q4")
+SAMPLE_CLIP = "sample.mp4"
+
+
+def package_demo(model_dir: str | Path, dest: str | Path, precisions: tuple[str, ...] = SHIPPED_PRECISIONS) -> Path:
+    """Copy what the runtime needs from an exported demo folder into ``dest`` (``edgevid/demo``): side
+    files, the graphs of ``precisions`` and an edgevid.json listing only those; plus the sample clip
+    (:func:`edgevid_export.synthetic.sample_clip_spec`, H.264). No checkpoint, no other precisions."""
+    import shutil
+
+    from .model_folder import SIDE_FILES
+
+    source, dest = Path(model_dir), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((source / "edgevid.json").read_text(encoding="utf-8"))
+    manifest["precisions"] = {k: v for k, v in manifest["precisions"].items() if k in precisions}
+    missing = [p for p in precisions if p not in manifest["precisions"]]
+    if missing:
+        raise FileNotFoundError(f"{source} has no {', '.join(missing)} graphs to ship")
+    names = [n for n in SIDE_FILES if (source / n).is_file()]
+    for entry in manifest["precisions"].values():
+        names += [v for k, v in entry.items() if isinstance(v, str) and v.endswith(".onnx")]
+        names += [v + "_data" for v in entry.values() if isinstance(v, str) and (source / (v + "_data")).is_file()]
+    for name in names:
+        shutil.copy2(source / name, dest / name)
+    (dest / "edgevid.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    spec = synthetic.sample_clip_spec()
+    synthetic.write_mp4(dest / SAMPLE_CLIP, synthetic.render_clip(spec), spec.fps)
+    return dest
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder for checkpoint/ and the exported model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=DemoRecipe.steps)
     parser.add_argument("--precisions", default="fp32,q4")
+    parser.add_argument("--package", metavar="DIR",
+                        help="also copy the runtime files (fp32 + q4) and the sample clip here, e.g. edgevid/demo")
     args = parser.parse_args(argv)
     recipe = DemoRecipe(seed=args.seed, steps=args.steps)
-    build_trained_demo(args.output, seed=args.seed, recipe=recipe, precisions=tuple(args.precisions.split(",")))
+    folder = build_trained_demo(args.output, seed=args.seed, recipe=recipe,
+                                precisions=tuple(args.precisions.split(",")))
+    if args.package:
+        package_demo(folder, args.package)
 
 
 if __name__ == "__main__":
