@@ -4,7 +4,8 @@
 inside the graph, so ``image_features`` is [soft_tokens, text_hidden] for all frames together, in frame
 order (what transformers scatters into the image/video placeholder positions).
 
-``EmbedTokensGraph``: ``input_ids`` -> ``inputs_embeds`` (scaled) and, for per-layer-input models, the
+``EmbedTokensGraph`` (the PyTorch reference for ``embed_graph``, which writes the ONNX graph by hand):
+``input_ids`` -> ``inputs_embeds`` (scaled) and, for per-layer-input models, the
 token-identity part of the per-layer inputs. Placeholder tokens (image, video, audio) are replaced by the
 pad id inside the graph, as transformers does, so the runtime passes raw ids and only overwrites the
 placeholder rows of ``inputs_embeds`` with ``image_features``; ``per_layer_inputs`` need no edit.

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .decoder import DecoderGraph
-from .encoders import EmbedTokensGraph, VisionEncoderGraph
+from .embed_graph import write_embed_graph
+from .encoders import VisionEncoderGraph
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,8 @@ def export_vision(model, path: Path, opset=None) -> Path:
 
 
 def export_embed_tokens(model, path: Path, opset=None) -> Path:
-    graph = EmbedTokensGraph(model).eval()
-    ids = torch.randint(3, model.config.get_text_config().vocab_size, (2, 3))
-    outputs = ["inputs_embeds"] + (["per_layer_inputs"] if graph.embed_per_layer is not None else [])
-    return _export(graph, (ids,), path, ["input_ids"], outputs, ({0: AUTO, 1: AUTO},), opset)
+    """Written by hand (``embed_graph``): two lookups, tables streamed to external data, no export copies."""
+    return write_embed_graph(model, path, TWO_GB)
 
 
 def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):

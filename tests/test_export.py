@@ -203,19 +203,24 @@ def test_rejects_other_checkpoints(tmp_path):
 
 
 def test_large_graphs_go_to_external_data(tmp_path, monkeypatch):
-    """Past the size limit a graph is written as <graph>.onnx + <graph>.onnx_data and still loads."""
+    """Past the size limit a graph is written as <graph>.onnx + <graph>.onnx_data and still loads; the
+    hand-written embed graph equals the PyTorch lookup (placeholders -> pad, scales, per-layer reshape)."""
+    import torch
     from edgevid_export import onnx_graphs
-    from gemma_configs import build_random_model, dense_config
+    from edgevid_export.encoders import EmbedTokensGraph
+    from gemma_configs import build_random_model, e2b_like_config
 
     monkeypatch.setattr(onnx_graphs, "TWO_GB", 1024)
-    model = build_random_model(dense_config(), seed=1)
+    model = build_random_model(e2b_like_config(), seed=1)
     path = onnx_graphs.export_embed_tokens(model, tmp_path / "embed_tokens.onnx")
     data = tmp_path / "embed_tokens.onnx_data"
-    assert data.is_file() and data.stat().st_size >= 512 * 64 * 4
-    assert path.stat().st_size < data.stat().st_size
+    assert data.is_file() and data.stat().st_size >= 512 * (64 + 4 * 16) * 4
+    assert path.stat().st_size < 4096
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    ids = np.array([[2, 3, SPECIAL_IDS["video"]]])
-    embeds = session.run(None, {"input_ids": ids})[0]
-    table = model.model.language_model.embed_tokens.weight.detach().numpy() * 64 ** 0.5
-    np.testing.assert_allclose(embeds[0, :2], table[[2, 3]], rtol=1e-5)
-    np.testing.assert_allclose(embeds[0, 2], table[SPECIAL_IDS["pad"]], rtol=1e-5)   # placeholder -> pad
+    ids = np.array([[2, 3, SPECIAL_IDS["video"], SPECIAL_IDS["image"], 40], [5, 6, 7, 8, 9]])
+    embeds, per_layer = session.run(None, {"input_ids": ids})
+    with torch.no_grad():
+        ref_embeds, ref_per_layer = EmbedTokensGraph(model)(torch.from_numpy(ids))
+    np.testing.assert_allclose(embeds, ref_embeds.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(per_layer, ref_per_layer.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(embeds[0, 2], embeds[0, 3])              # both placeholders -> the pad row

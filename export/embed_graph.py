@@ -1,0 +1,109 @@
+"""``embed_tokens.onnx`` written directly with ``onnx.helper`` instead of through torch.export.
+
+The graph is two table lookups, but its tables are the biggest weights of E2B/E4B (the per-layer table is
+262,144 x 8,960 = 2.35 B values). Going through the exporter costs ~2.3x the weights in extra RAM
+(measured on the vision tower, see the README); here the tables are streamed from the torch storage
+straight into ``embed_tokens.onnx_data`` when they pass the 2 GB limit, so the extra RAM is ~0.
+
+Semantics (same as ``encoders.EmbedTokensGraph``, which stays as the PyTorch reference):
+placeholder ids (image / video / audio) -> pad id; ``inputs_embeds = table[ids] * sqrt(hidden)``;
+``per_layer_inputs = ple_table[ids] * sqrt(ple_dim)`` reshaped to [batch, seq, layers, ple_dim].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 18
+CHUNK_ROWS = 8192
+
+
+def _table(tensor) -> np.ndarray:
+    return tensor.detach().float().contiguous().numpy()        # a view of the fp32 storage, no copy
+
+
+def _external_tensor(name: str, array: np.ndarray, data_file, data_path: Path):
+    """TensorProto pointing into ``data_file`` (written now, in row chunks)."""
+    from onnx import TensorProto
+
+    offset = data_file.tell()
+    for start in range(0, array.shape[0], CHUNK_ROWS):
+        data_file.write(np.ascontiguousarray(array[start:start + CHUNK_ROWS]).tobytes())
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def write_embed_graph(model, path: Path, two_gb: int) -> Path:
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    config = model.config
+    text_config = config.get_text_config()
+    text = model.model.language_model
+    tables = {"embed_tokens.weight": _table(text.embed_tokens.weight)}
+    per_layer = bool(text_config.hidden_size_per_layer_input)
+    if per_layer:
+        tables["embed_tokens_per_layer.weight"] = _table(text.embed_tokens_per_layer.weight)
+    external = sum(t.nbytes for t in tables.values()) >= two_gb
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_path = path.with_name(path.name + "_data")
+
+    placeholders = [t for t in (config.image_token_id, config.video_token_id, getattr(config, "audio_token_id", None))
+                    if t is not None]
+    pad = text_config.pad_token_id or 0
+    small = [
+        numpy_helper.from_array(np.asarray(placeholders, dtype=np.int64), "placeholder_ids"),
+        numpy_helper.from_array(np.asarray(pad, dtype=np.int64), "pad_id"),
+        numpy_helper.from_array(np.asarray(text.embed_tokens.scalar_embed_scale, dtype=np.float32), "embed_scale"),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["input_ids", "last_axis"], ["ids_column"]),
+        helper.make_node("Equal", ["ids_column", "placeholder_ids"], ["is_each_placeholder"]),
+        helper.make_node("Cast", ["is_each_placeholder"], ["placeholder_hits"], to=TensorProto.INT64),
+        helper.make_node("ReduceMax", ["placeholder_hits", "last_axis"], ["placeholder_any"], keepdims=0),
+        helper.make_node("Cast", ["placeholder_any"], ["is_placeholder"], to=TensorProto.BOOL),
+        helper.make_node("Where", ["is_placeholder", "pad_id", "input_ids"], ["text_ids"]),
+        helper.make_node("Gather", ["embed_tokens.weight", "text_ids"], ["embeddings"]),
+        helper.make_node("Mul", ["embeddings", "embed_scale"], ["inputs_embeds"]),
+    ]
+    small.append(numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "last_axis"))
+    outputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT,
+                                             ["batch", "sequence", text_config.hidden_size])]
+    if per_layer:
+        layers, dim = text_config.num_hidden_layers, text_config.hidden_size_per_layer_input
+        small += [
+            numpy_helper.from_array(np.asarray(text.embed_tokens_per_layer.scalar_embed_scale, dtype=np.float32),
+                                    "per_layer_scale"),
+            numpy_helper.from_array(np.asarray([layers, dim], dtype=np.int64), "per_layer_shape"),
+        ]
+        nodes += [
+            helper.make_node("Gather", ["embed_tokens_per_layer.weight", "text_ids"], ["per_layer_flat"]),
+            helper.make_node("Mul", ["per_layer_flat", "per_layer_scale"], ["per_layer_scaled"]),
+            helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+            helper.make_node("Concat", ["ids_shape", "per_layer_shape"], ["per_layer_full_shape"], axis=0),
+            helper.make_node("Reshape", ["per_layer_scaled", "per_layer_full_shape"], ["per_layer_inputs"]),
+        ]
+        outputs.append(helper.make_tensor_value_info("per_layer_inputs", TensorProto.FLOAT,
+                                                     ["batch", "sequence", layers, dim]))
+    if external:
+        with open(data_path, "wb") as data_file:
+            big = [_external_tensor(name, array, data_file, data_path) for name, array in tables.items()]
+    else:
+        big = [numpy_helper.from_array(array, name) for name, array in tables.items()]
+        if data_path.exists():
+            data_path.unlink()
+    graph = helper.make_graph(
+        nodes, "embed_tokens",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        outputs, initializer=big + small,
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="edgevid_export")
+    onnx_model.ir_version = 8
+    save(onnx_model, str(path))
+    return path
