@@ -172,13 +172,13 @@ class RunningServer:
         return openai.OpenAI(api_key=key or "none", base_url=self.url + "/v1", max_retries=0, timeout=120,
                              **kwargs)
 
-    def post(self, body, *, key: str | None = KEY, **kwargs) -> requests.Response:
+    def post(self, body, *, key: str | None = KEY, timeout: float = 120, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         if isinstance(body, (dict, list)):
             kwargs["json"] = body
         else:
             kwargs["data"] = body
-        return requests.post(self.url + "/v1/chat/completions", headers=headers, timeout=120, **kwargs)
+        return requests.post(self.url + "/v1/chat/completions", headers=headers, timeout=timeout, **kwargs)
 
     def health(self) -> dict:
         reply = requests.get(self.url + "/health", timeout=30)
@@ -228,6 +228,20 @@ def _private(model_dir):
 def private_server(_private):
     """Loopback URLs allowed, no local files, one slot (queue size 0)."""
     yield from _alive(_private)
+
+
+LONG_STORY = {"messages": [{"role": "user", "content": "Tell me a long story."}], "temperature": 2.0}
+
+
+@pytest.fixture(scope="module")
+def long_seed(_main):
+    """A seed whose sampled answer runs 600 tokens without an end of turn (asked of the server itself), so
+    requests made with it keep the worker generating for seconds whatever the demo model's weights are."""
+    for seed in range(1, 20):
+        reply = _main.post({**LONG_STORY, "max_tokens": 600, "seed": seed})
+        if reply.json()["choices"][0]["finish_reason"] == "length":
+            return seed
+    pytest.fail("no seed in 1..19 gives a 600-token answer")
 
 
 def error_of(reply: requests.Response) -> dict:
@@ -545,28 +559,37 @@ def test_full_queue_is_503_and_frees_up(private_server, media_http):
     assert private_server.post({"messages": ask(), "max_tokens": 2}).status_code == 200
 
 
-def test_client_disconnect_mid_stream_stops_generation(private_server):
+def test_client_disconnect_mid_stream_stops_generation(private_server, long_seed):
     before = private_server.health()["requests"]["cancelled"]
-    reply = private_server.post({"messages": [{"role": "user", "content": "Tell me a long story."}],
-                                 "stream": True, "max_tokens": 4000, "temperature": 1.0, "seed": 3},
-                                stream=True)
+    reply = private_server.post({**LONG_STORY, "stream": True, "max_tokens": 4000, "seed": long_seed}, stream=True)
     assert reply.status_code == 200
-    lines = reply.iter_lines()
     contents = 0
-    for line in lines:
+    for line in reply.iter_lines():
         if line.startswith(b"data: {") and b'"content"' in line:
             contents += 1
             if contents == 3:
                 break
     reply.close()                                    # the client goes away
+    started = time.monotonic()
     state = private_server.wait_idle(timeout=30)
+    assert time.monotonic() - started < 3            # 600+ tokens were left to generate
     assert state["requests"]["cancelled"] == before + 1
     ok = private_server.post({"messages": ask(), "max_tokens": 2})
     assert ok.status_code == 200                     # the worker is free for the next client
 
 
+def test_client_giving_up_on_a_whole_response_frees_the_worker(private_server, long_seed):
+    before = private_server.health()["requests"]["cancelled"]
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        private_server.post({**LONG_STORY, "max_tokens": 4000, "seed": long_seed}, timeout=0.5)
+    started = time.monotonic()
+    state = private_server.wait_idle(timeout=30)
+    assert time.monotonic() - started < 3
+    assert state["requests"]["cancelled"] == before + 1
+
+
 # ---- the command ------------------------------------------------------------------------------------
-def test_serve_command_banner_request_and_sigterm(model_dir, media):
+def test_serve_command_banner_request_and_sigterm(model_dir, media, long_seed):
     cmd = [sys.executable, "-m", "edgevid", "serve", "-m", str(model_dir), "--port", "0", "--api-key", KEY,
            "--allowed-local-media-path", str(media["allowed_dir"]), "--max-frames", "4", "--queue-size", "2",
            "--model-name", "tiny-video"]
@@ -585,8 +608,7 @@ def test_serve_command_banner_request_and_sigterm(model_dir, media):
             return
         stream = requests.post(f"http://127.0.0.1:{match.group(1)}/v1/chat/completions",
                                headers={"Authorization": f"Bearer {KEY}"}, stream=True, timeout=60,
-                               json={"messages": [{"role": "user", "content": "A long story."}], "stream": True,
-                                     "max_tokens": 3000, "temperature": 1.0, "seed": 3})
+                               json={**LONG_STORY, "stream": True, "max_tokens": 3000, "seed": long_seed})
         lines = stream.iter_lines()
         assert next(line for line in lines if line.startswith(b"data: {"))
         started = time.monotonic()

@@ -25,6 +25,8 @@ from edgevid.server.worker import Job, ModelWorker
 
 log = logging.getLogger(__name__)
 
+DISCONNECT_POLL_SECONDS = 0.5     # how often a non-streamed request checks that its client is still there
+
 
 @dataclass
 class ServerState:
@@ -125,7 +127,12 @@ def _json_body() -> object:
 
 
 def _whole_response(job: Job, completion: Completion):
-    kind, value = job.events.get()
+    gone = request.environ.get("waitress.client_disconnected", lambda: False)
+    while (event := job.next_event(timeout=DISCONNECT_POLL_SECONDS)) is None:
+        if gone():                       # the client gave up: free the worker, nobody reads the answer
+            job.cancel()
+            return Response(status=499)
+    kind, value = event
     if kind == "error":
         raise value
     body = completion.body(value.text, value.finish_reason, value.prompt_tokens, value.completion_tokens)

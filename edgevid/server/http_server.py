@@ -32,7 +32,8 @@ class HttpServer:
             threads=state.worker.capacity + SPARE_THREADS,
             # waitress refuses (plain text) only bodies far over the limit the app answers in JSON
             max_request_body_size=2 * state.config.body_limit,
-            clear_untrusted_proxy_headers=True)
+            clear_untrusted_proxy_headers=True,
+            channel_request_lookahead=1)     # keeps reading, so a client that hangs up is noticed
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -164,21 +164,22 @@ class ModelWorker:
         if job.cancelled.is_set():
             self._stop_cancelled(job, tokens=0)
             return
-        if not job.stream:
-            job.emit("result", self.pipeline.chat(job.messages, job.options, policy=self.policy))
-            self.stats.completed += 1
-            return
         stream = self.pipeline.stream(job.messages, job.options, policy=self.policy)
         try:
-            job.emit("start", stream.prompt_tokens)
+            if job.stream:
+                job.emit("start", stream.prompt_tokens)
             finish = None
             for piece in stream:
                 if job.cancelled.is_set():
                     self._stop_cancelled(job, tokens=stream.completion_tokens)
                     return
                 finish = piece.finish_reason or finish
-                job.emit("piece", piece)
-            job.emit("end", (finish or "stop", stream.completion_tokens))
+                if job.stream:
+                    job.emit("piece", piece)
+            if job.stream:
+                job.emit("end", (finish or "stop", stream.completion_tokens))
+            else:
+                job.emit("result", stream.result())
             self.stats.completed += 1
         finally:
             stream.close()
