@@ -176,3 +176,79 @@ def test_a_file_rewritten_under_the_same_name_is_a_miss(tmp_path):
     assert not hit
     assert [frame_id(f) for f in before.frames] == [0, 6, 12, 18]
     assert [frame_id(f) for f in after.frames] == [100, 106, 112, 118]
+
+
+# ---- through the pipeline -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipelines():
+    from demo_model import demo_model_dir
+    from edgevid.pipeline import Pipeline
+
+    model = demo_model_dir()
+    return Pipeline.load(model, device="cpu"), Pipeline.load(model, device="cpu", cache_bytes=0)
+
+
+def ask(pipeline, video, *, answer=None):
+    from edgevid.model.generate import GenerationOptions
+
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(video)}},
+                                             {"type": "text", "text": "What happens?"}]}]
+    if answer is not None:
+        messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
+    return pipeline.chat(messages, GenerationOptions(max_tokens=6, num_frames=4))
+
+
+def test_the_second_turn_reuses_frames_and_features_and_answers_the_same(pipelines, tmp_path):
+    cached, plain = pipelines
+    clip = write_clip(tmp_path / "turns.mp4", frames=24, fps=12, size=(96, 64))
+    first = ask(cached, clip)
+    assert (first.timings["frames_cached"], first.timings["features_cached"]) == (0, 0)
+    second = ask(cached, clip, answer=first.text)
+    assert (second.timings["frames_cached"], second.timings["features_cached"]) == (1, 1)
+    assert second.timings["cached_tokens"] == first.media[0]["soft_tokens"] > 0
+    reference = ask(plain, clip, answer=first.text)                       # no cache at all
+    assert second.token_ids == reference.token_ids and second.text == reference.text
+    assert "frames_cached" not in reference.timings or reference.timings["frames_cached"] == 0
+
+
+def test_another_client_sending_the_same_bytes_hits(pipelines, tmp_path):
+    cached, _ = pipelines
+    clip = write_clip(tmp_path / "a.mp4", frames=24, fps=12, size=(96, 64), start=40)
+    ask(cached, clip)
+    data_url = "data:video/mp4;base64," + __import__("base64").b64encode(clip.read_bytes()).decode()
+    again = ask(cached, data_url)
+    assert (again.timings["frames_cached"], again.timings["features_cached"]) == (1, 1)
+
+
+def test_a_clip_one_frame_different_is_decoded_and_encoded_afresh(pipelines, tmp_path):
+    cached, plain = pipelines
+    ids = list(range(200, 224))
+    a = write_frames(tmp_path / "a.mp4", ids, size=(96, 64))
+    b = write_frames(tmp_path / "b.mp4", ids[:12] + [999] + ids[13:], size=(96, 64))   # sampled frame 12 differs
+    ask(cached, a)
+    result = ask(cached, b)
+    assert (result.timings["frames_cached"], result.timings["features_cached"]) == (0, 0)
+    assert result.token_ids == ask(plain, b).token_ids
+
+
+def test_a_rewritten_file_under_the_same_name_is_not_served_from_the_cache(pipelines, tmp_path):
+    cached, plain = pipelines
+    path = tmp_path / "latest.mp4"
+    write_clip(path, frames=24, fps=12, size=(96, 64), start=300)
+    ask(cached, path)
+    write_clip(path, frames=24, fps=12, size=(96, 64), start=400, texture=True)
+    result = ask(cached, path)
+    assert (result.timings["frames_cached"], result.timings["features_cached"]) == (0, 0)
+    assert result.token_ids == ask(plain, path).token_ids
+
+
+def test_a_sampled_video_passed_twice_reuses_its_features(pipelines, tmp_path):
+    from edgevid.model.generate import GenerationOptions
+
+    cached, _ = pipelines
+    video = sample_video(str(write_clip(tmp_path / "s.mp4", frames=24, fps=12, size=(96, 64), start=600)), 4)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "Hm?"}]}]
+    first = cached.chat(messages, GenerationOptions(max_tokens=4))
+    second = cached.chat(messages, GenerationOptions(max_tokens=4))
+    assert (first.timings["features_cached"], second.timings["features_cached"]) == (0, 1)
+    assert second.token_ids == first.token_ids

@@ -26,7 +26,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -45,11 +45,12 @@ class CacheStats:
     max_bytes: int
 
 
-def frames_key(media_sha256: str, *, num_frames: int, mode: str) -> str:
-    """Key of the frames sampled from the media whose bytes hash to ``media_sha256``."""
+def frames_key(media_sha256: str, *, num_frames: int, mode: str, preprocess: str = "") -> str:
+    """Key of the frames sampled from the media whose bytes hash to ``media_sha256`` (and of their
+    preprocessing, described by ``preprocess``, when the entry holds the encoder input too)."""
     if not media_sha256:
         raise ValueError("frames_key needs the sha256 of the media bytes")
-    return _digest("frames", media_sha256, f"n={int(num_frames)}", f"mode={mode}")
+    return _digest("frames", media_sha256, f"n={int(num_frames)}", f"mode={mode}", preprocess)
 
 
 def vision_input_key(vision: Any) -> str:
@@ -205,3 +206,67 @@ def _freeze(value: Any) -> Any:
         for f in dataclasses.fields(value):
             _freeze(getattr(value, f.name))
     return value
+
+
+# ---- the pipeline's use: video parts resolved through the cache ---------------------------------------
+@dataclass(frozen=True)
+class PreparedVideo:
+    """A cached video: the sampled frames and the vision encoder's input made from them."""
+
+    video: Any          # edgevid.media.SampledVideo
+    vision: Any         # edgevid.model.preprocess.VisionInput
+
+
+def prepare_videos(messages: Any, cache: MediaCache, *, num_frames: int, policy: Any, folder: Any,
+                   use: CacheUse | None = None, mode: str = "accurate") -> Any:
+    """A copy of ``messages`` whose video parts given by reference (path, URL, data URL, bytes) become
+    ``{"type": "video", "video": SampledVideo, "vision": VisionInput}`` through the cache, so a video
+    seen before is neither fetched-and-decoded nor preprocessed again. Anything else is left as it is
+    (malformed messages too: the prompt layer reports those)."""
+    if not isinstance(messages, (list, tuple)):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, (list, tuple)):
+            message = {**message, "content": [_prepared_part(part, cache, num_frames, policy, folder, use, mode)
+                                              for part in content]}
+        out.append(message)
+    return out
+
+
+def _video_reference(part: Any) -> str | bytes | None:
+    if not isinstance(part, Mapping):
+        return None
+    if part.get("type") == "video_url":
+        value = part.get("video_url")
+        value = value.get("url") if isinstance(value, Mapping) else value
+    elif part.get("type") == "video":
+        value = part.get("video")
+    else:
+        return None
+    return value if isinstance(value, (str, bytes)) and value else None
+
+
+def _prepared_part(part, cache, num_frames, policy, folder, use, mode):
+    source = _video_reference(part)
+    if source is None:
+        return part
+    from edgevid.media import open_source, sample_video
+    from edgevid.model.preprocess import preprocess_video
+
+    vision = folder.vision
+    recipe = f"max_soft_tokens={vision.video_max_soft_tokens},patch={vision.patch_size},pool={vision.pooling}"
+
+    def compute(media) -> PreparedVideo:
+        video = sample_video(media, num_frames, mode, policy)
+        return PreparedVideo(video, preprocess_video(video.frames, vision.video_max_soft_tokens,
+                                                     vision.patch_size, vision.pooling))
+
+    with open_source(source, policy) as media:       # fetched once; the key is the hash of its bytes
+        key = frames_key(media.sha256, num_frames=num_frames, mode=mode, preprocess=recipe)
+        prepared, hit = cache.frames(key, lambda: compute(media))
+    if hit and use is not None:
+        use.frames_cached += 1
+    rest = {k: v for k, v in part.items() if k not in ("type", "video_url", "video")}
+    return {**rest, "type": "video", "video": prepared.video, "vision": prepared.vision}
