@@ -45,6 +45,7 @@ def load_checkpoint(source: str):
     try:
         import torch
         from transformers import AutoConfig, Gemma4ForConditionalGeneration
+        from transformers.utils import logging as transformers_logging
     except ImportError as exc:  # pragma: no cover - guarded by the CLI as well
         raise ExportError(f'edgevid export needs torch and transformers: pip install "edgevid[export]" ({exc})') from exc
     folder = Path(source)
@@ -60,10 +61,15 @@ def load_checkpoint(source: str):
     if config.vision_config is None:
         raise ExportError("the checkpoint has no vision tower (vision_config is null); edgevid needs one",
                           source=source)
+    config.audio_config = None          # audio is out of scope: do not hold the audio tower's weights
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()      # the skipped audio weights would print a long report
     try:
-        model = Gemma4ForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+        model = Gemma4ForConditionalGeneration.from_pretrained(source, config=config, dtype=torch.float32).eval()
     except Exception as exc:
         raise ExportError(f"cannot load the checkpoint {source}: {exc}", source=source) from exc
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     return model, (folder if folder.is_dir() else _snapshot_folder(source))
 
 
