@@ -225,3 +225,104 @@ def test_bad_arguments_raise_export_error(block, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(ExportError):
         quantize_graph(tmp_path / "junk.onnx", tmp_path / "y.onnx", "q4")
+
+
+# ---- a real exported Gemma 4 -----------------------------------------------------------------------------
+PROMPT = ("<bos><|turn>user\nWhat happens in this video? The dog runs after the ball and brings it back to the "
+          "man in the park.<turn|>\n<|turn>model\nThe video shows a dog")
+GRAPHS = ("decoder_model_merged", "embed_tokens", "vision_encoder")
+
+
+@pytest.fixture(scope="module")
+def gemma_folder(tmp_path_factory):
+    """The demo Gemma 4 (E2B-shaped: per-layer inputs, KV sharing, two head dims, soft-cap) with every
+    Linear / Embedding weight moved onto the q4 grid, exported by ``export_model``."""
+    convert = pytest.importorskip("edgevid_export.convert")
+    from transformers import Gemma4ForConditionalGeneration
+
+    from edgevid_export.demo import build_demo_checkpoint
+
+    root = tmp_path_factory.mktemp("gemma")
+    checkpoint = build_demo_checkpoint(root / "checkpoint", seed=0)
+    model = Gemma4ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        snapped = 0
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.weight.copy_(snap_to_q4(module.weight))
+                snapped += 1
+    assert snapped > 40
+    model.save_pretrained(checkpoint)
+    folder = convert.export_model(checkpoint, root / "model", precisions=("fp32",), validate=False,
+                                  progress=lambda line: None)
+    return checkpoint, folder
+
+
+def gemma_prompt_feed(checkpoint, folder):
+    from tokenizers import Tokenizer
+
+    ids = np.array([Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode(PROMPT).ids], dtype=np.int64)
+    session = ort.InferenceSession(str(folder / "embed_tokens.onnx"), providers=["CPUExecutionProvider"])
+    embeds = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input_ids": ids})))
+    return ids, decoder_feed(folder / "decoder_model_merged.onnx", embeds["inputs_embeds"],
+                             embeds.get("per_layer_inputs"))
+
+
+def vision_feed():
+    """Two frames of a 6 x 9 patch grid (2 x 3 soft tokens each), the second padded to 63 patches."""
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.arange(9), np.arange(6), indexing="xy"), -1).reshape(-1, 2)
+    positions = np.concatenate([grid, -np.ones((9, 2), dtype=np.int64)])[None].repeat(2, 0).astype(np.int64)
+    pixels = rng.random((2, 63, 768), dtype=np.float32)
+    pixels[:, 54:] = 0.0
+    return {"pixel_values": pixels, "pixel_position_ids": positions}
+
+
+def weight_bytes(path) -> int:
+    return sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+
+
+# What the variants must reach on the prompt's 41 positions (measured: fp16 top-1 0.95-1.0, max |diff| ~0.1;
+# int8 top-1 ~0.6, relative RMS ~0.35; q4 exact). The demo model has random weights, so its logits are flat
+# (std 0.85, top-2 margins of a few hundredths): any rounding flips some argmaxes, hence the modest int8 bar.
+# q4 runs on grid weights, so it must reproduce fp32 to float rounding.
+GEMMA_BARS = {"fp16": dict(top1=0.9, max_diff=0.3, rel_rms=0.05),
+              "int8": dict(top1=0.4, max_diff=3.0, rel_rms=0.6),
+              "q4": dict(top1=1.0, max_diff=1e-4, rel_rms=1e-5)}
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "q4"])
+def test_quantised_gemma4_graphs_run_and_agree_with_fp32(gemma_folder, precision):
+    checkpoint, folder = gemma_folder
+    for graph in GRAPHS:
+        quantize_graph(folder / f"{graph}.onnx", folder / f"{graph}_{precision}.onnx", precision)
+    ids, feed = gemma_prompt_feed(checkpoint, folder)
+    reference, variant = folder / "decoder_model_merged.onnx", folder / f"decoder_model_merged_{precision}.onnx"
+    agreement = top1_agreement(reference, variant, feed)
+    bar = GEMMA_BARS[precision]
+    assert agreement.positions == ids.shape[1]
+    assert agreement.top1 >= bar["top1"], agreement
+    assert agreement.max_abs_logit_diff <= bar["max_diff"], agreement
+    ref_logits, got_logits = run(reference, feed), run(variant, feed)
+    assert rel_rms(ref_logits, got_logits) <= bar["rel_rms"]
+    # the quantised embedding graph feeds the quantised decoder (the runtime's chain)
+    embed = ort.InferenceSession(str(folder / f"embed_tokens_{precision}.onnx"), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in embed.get_outputs()], embed.run(None, {"input_ids": ids})))
+    chained = decoder_feed(variant, outputs["inputs_embeds"], outputs.get("per_layer_inputs"))
+    assert np.isfinite(run(variant, chained)).all()
+    features = [run(folder / f"vision_encoder{suffix}.onnx", vision_feed()) for suffix in ("", f"_{precision}")]
+    assert features[0].shape == features[1].shape == (12, features[0].shape[1])
+    cosine = (features[0] * features[1]).sum() / np.linalg.norm(features[0]) / np.linalg.norm(features[1])
+    assert cosine > 0.99     # the vision position table (a plain Parameter) is not on the q4 grid
+    for graph in GRAPHS:
+        assert weight_bytes(folder / f"{graph}_{precision}.onnx") < 0.6 * weight_bytes(folder / f"{graph}.onnx")
+
+
+def test_q4_gemma4_decoder_has_no_float_matmul_weights_left(gemma_folder):
+    _, folder = gemma_folder
+    out = quantize_graph(folder / "decoder_model_merged.onnx", folder / "decoder_check_q4.onnx", "q4")
+    model = onnx.load(str(out))
+    weights = {t.name for t in model.graph.initializer}
+    float_weight_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert float_weight_matmuls == []
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) >= 40   # 6 layers' projections + lm_head
