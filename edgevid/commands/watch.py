@@ -139,7 +139,7 @@ def _stop_on_signals(stop: threading.Event):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = [name for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)]
+    names = [name for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)]   # SIGBREAK: Windows Ctrl-Break
     previous = {}
 
     def handler(signum, frame):
