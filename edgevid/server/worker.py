@@ -124,6 +124,8 @@ class ModelWorker:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("model worker did not stop within %.0f s", timeout)
+        else:
+            self._fail_waiting()         # a job submitted while the worker was stopping
 
     # ---- worker thread ----------------------------------------------------------------------------
     def _run(self) -> None:
