@@ -337,13 +337,12 @@ def _all_constants(graph: onnx.GraphProto):
 def _to_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _inferred_copy(src) as inferred:
-        model = onnx.load(str(inferred))
-        big = _weights_bytes(model) >= TWO_GB
+    big = _graph_file_bytes(src) >= TWO_GB
+    with _inferred_copy(src) as inferred:      # a path, not a proto: protos past 2 GB cannot be inferred
         with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
             out = Path(tmp) / dst.name
             quantize_dynamic(
-                model, out, op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
+                inferred, out, op_types_to_quantize=["MatMul", "Gather"], per_channel=True,
                 weight_type=QuantType.QInt8, use_external_data_format=big,
                 extra_options={"MatMulConstBOnly": True},
             )
@@ -385,6 +384,14 @@ def save_graph(model: onnx.ModelProto, path) -> Path:
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+def _graph_file_bytes(path: Path) -> int:
+    """The graph file plus any external data files beside it that it names."""
+    model = onnx.load(str(path), load_external_data=False)
+    names = {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
+    return path.stat().st_size + sum((path.parent / name).stat().st_size for name in names
+                                     if (path.parent / name).is_file())
 
 
 def _weights_bytes(model: onnx.ModelProto) -> int:
