@@ -180,3 +180,18 @@ def test_a_stream_that_never_answers_is_a_typed_error():
         with pytest.raises(StreamUnavailableError, match="127.0.0.1"):
             WatchLoop(reader, ring, ask=lambda v: "", emit=lambda r: None, options=options).run()
         assert time.monotonic() - started < 6
+
+
+def test_a_live_hls_stream_is_watched_like_any_other():
+    from hls_server import HLSServer
+
+    with HLSServer(fps=10) as hls:
+        options = WatchOptions(every=1.0, window=3.0, num_frames=4, max_windows=3)
+        reader, ring = start_reader(hls.url, options, ReaderOptions(open_timeout=5, read_timeout=5))
+        seen = []
+        summary = WatchLoop(reader, ring, ask=lambda v: seen.append([frame_id(f) for f in v.frames]) or "ok",
+                            emit=lambda r: None, options=options).run()
+    assert summary.windows == 3
+    flat = [i for window in seen for i in window]
+    assert all(window == sorted(window) for window in seen) and flat[-1] > flat[0]   # a live, advancing stream
+    assert max(flat) >= 30                                      # segments beyond the first playlist arrived
