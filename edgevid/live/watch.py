@@ -117,7 +117,7 @@ class WatchLoop:
             raise UnreadableMediaError(f"cannot read video frames ({self.reader.failure or 'no frames'})",
                                        source=source.text)
         raise StreamUnavailableError(
-            f"no frames from the stream within {self.options.connect_timeout:g} s", source=source.text)
+            f"no frames from the {source.kind} within {self.options.connect_timeout:g} s", source=source.text)
 
     def _loop(self) -> str:
         every = self.options.every
