@@ -268,3 +268,27 @@ def test_vfr_mp4_through_the_index(tmp_path):
     path = write_clip(tmp_path / "vfr_ix.mp4", pts=pts, gop=40)
     video = sample_video(path, num_frames=10)
     assert_right_frames(video, path, 300, 10)
+
+
+X265 = "keyint=24:min-keyint=24:scenecut=0:log-level=error"
+
+
+@pytest.mark.parametrize("name, codec, params, through_index", [
+    ("hevc_closed.mp4", "libx265", X265 + ":open-gop=0", True),
+    ("hevc_open.mp4", "libx265", X265, False),                                     # CRA keyframes
+    ("h264_open.mp4", "libx264", "keyint=24:min-keyint=24:scenecut=0:open-gop=1:bframes=3:b-adapt=0", False),
+])
+def test_hevc_and_open_gop(tmp_path, caplog, name, codec, params, through_index):
+    option = "x265-params" if codec == "libx265" else "x264-params"
+    path = write_clip(tmp_path / name, frames=240, gop=24, codec=codec,
+                      options={"preset": "ultrafast" if codec == "libx265" else "fast", option: params})
+    with caplog.at_level(logging.INFO, logger="edgevid.media.indexed"):
+        accurate = sample_video(path, num_frames=8)
+        fast = sample_video(path, num_frames=8, mode="fast")
+    assert_right_frames(accurate, path, 240, 8)
+    assert ("reading through OpenCV" not in caplog.text) == through_index
+    if through_index:
+        assert list(fast.indices) == [t // 24 * 24 for t in expected_indices(240, 8)]
+        assert [frame_id(f) for f in fast.frames] == list(fast.indices)
+    else:                                                     # open GOP: fast mode is accurate
+        assert_right_frames(fast, path, 240, 8)

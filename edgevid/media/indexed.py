@@ -16,7 +16,8 @@ forward" would decode are decoded.
 Timestamps are the index's presentation times (exact on VFR clips), rotation comes from the track
 matrix. Every plan is checked: the decoder must output exactly the planned number of pictures, or the
 caller falls back to the OpenCV reader (logged). Returns None whenever this path does not apply: other
-containers/codecs, a truncated file (the index points past its end), an edit list that trims frames.
+containers/codecs, a truncated file (the index points past its end), an edit list that trims frames,
+segments that would start at a keyframe that is not IDR (open GOP).
 """
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def sample_indexed(media: MediaSource, num_frames: int, mode: str) -> SampledVid
         keys = index.keyframe_positions()
         targets = np.unique(keys[np.searchsorted(keys, targets, side="right") - 1])
     segments = plan(index, targets)
+    if not all_idr(media.path, index, [s.first for s in segments]):
+        log.info("%s: keyframes that are not IDR (open GOP): reading through OpenCV", media.source)
+        return None
     size = sum(int(index.sizes[s.first: s.last + 1].sum()) for s in segments)
     if size > MAX_STREAM_BYTES:
         log.info("%s: keyframes too sparse (%d MiB to copy): reading through OpenCV", media.source, size >> 20)
@@ -168,6 +172,31 @@ def _read(path: str, expected: int, picks: dict[int, int], rotation: int) -> np.
     if position != expected or len(frames) != len(picks):
         return None
     return np.stack(frames)
+
+
+def all_idr(path: str, index: mp4.VideoIndex, samples) -> bool:
+    """Whether every sample holds an IDR picture: decodable alone, order reset, no leading pictures that
+    need the previous GOP. Open-GOP keyframes (H.264 recovery points, HEVC CRA) are not, and spliced
+    segments starting at them decode to a different number or order of pictures: those clips go through
+    OpenCV's own reader."""
+    _, length_size = parameter_sets(index)
+    idr = {19, 20} if _is_hevc(index) else {5}
+    with open(path, "rb") as src:
+        for sample in samples:
+            src.seek(int(index.offsets[sample]))
+            data, pos, types = src.read(int(index.sizes[sample])), 0, set()
+            while pos + length_size < len(data):
+                size = int.from_bytes(data[pos: pos + length_size], "big")
+                head = data[pos + length_size]
+                types.add((head >> 1) & 0x3F if _is_hevc(index) else head & 0x1F)
+                pos += length_size + size
+            if not types & idr:
+                return False
+    return True
+
+
+def _is_hevc(index: mp4.VideoIndex) -> bool:
+    return index.codec in ("hvc1", "hev1")
 
 
 def parameter_sets(index: mp4.VideoIndex) -> tuple[list[bytes], int] | None:
