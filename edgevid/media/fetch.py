@@ -44,7 +44,7 @@ def fetch(url: str, out: BinaryIO, policy: SourcePolicy) -> FetchResult:
     MediaNotAllowedError naming the URL."""
     deadline = time.monotonic() + policy.timeout
     current = url
-    for hop in range(policy.max_redirects + 1):
+    for _ in range(policy.max_redirects + 1):
         conn, response = _request(current, policy, deadline, original=url)
         try:
             if response.status in REDIRECTS:
