@@ -195,7 +195,6 @@ class ChatStream:
                 self.timings["prefill_s"] = first - t1
                 self.timings["ttft_s"] = first - self._start
             yield piece
-        self._first = first
 
     def _finish(self) -> None:
         if self._closed:
