@@ -224,3 +224,31 @@ def test_large_graphs_go_to_external_data(tmp_path, monkeypatch):
     np.testing.assert_allclose(embeds, ref_embeds.numpy(), rtol=1e-6)
     np.testing.assert_allclose(per_layer, ref_per_layer.numpy(), rtol=1e-6)
     np.testing.assert_allclose(embeds[0, 2], embeds[0, 3])              # both placeholders -> the pad row
+
+
+def test_quantised_precisions_are_measured(exported):
+    """fp16 / int8 / q4 variants through the quantize helper, measured against the fp32 graphs on the
+    parity prompt; sizes and top-1 agreement land in the manifest entries."""
+    from edgevid_export import convert
+    from edgevid_export.decoder import DecoderLayout
+    from edgevid_export.parity import OnnxGemma
+    from edgevid_export.parity_prompt import build_parity_prompt
+
+    pytest.importorskip("edgevid_export.quantize")
+    checkpoint, folder, _ = exported("e2b_like")
+    model, _ = convert.load_checkpoint(str(checkpoint))
+    layout = DecoderLayout.from_text_config(model.config.get_text_config())
+    fp32 = convert.model_folder.graph_files("fp32")
+    reference = OnnxGemma(folder, fp32, layout, model.config.video_token_id).greedy(
+        build_parity_prompt(model.config), convert.GREEDY_STEPS)
+    entries = convert.quantize_precisions(folder, ("fp32", "fp16", "int8", "q4"), reference, model,
+                                          convert._Stages(lambda line: None))
+    fp32_size = convert.model_folder.files_size(folder, fp32)
+    assert set(entries) == {"fp16", "int8", "q4"}
+    for precision, entry in entries.items():
+        assert 0.0 <= entry["top1_agreement"] <= 1.0
+        assert 0 < entry["size_bytes"] < fp32_size, precision
+        for key in ("vision_encoder", "embed_tokens", "decoder"):
+            assert (folder / entry[key]).is_file()
+    assert entries["fp16"]["top1_agreement"] >= 0.9          # fp16 barely moves a tiny model's argmax
+    assert entries["fp16"]["prefill_max_abs_diff_vs_fp32"] < 0.1
