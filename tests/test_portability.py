@@ -58,3 +58,16 @@ def test_every_runtime_module_imports_with_torch_and_transformers_blocked():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_every_package_folder_is_shipped_by_pyproject():
+    """A folder missing from pyproject's package list works in an editable install and vanishes from a wheel."""
+    import tomllib
+
+    root = RUNTIME.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"edgevid." + ".".join(p.parent.relative_to(RUNTIME).parts) if p.parent != RUNTIME else "edgevid"
+             for p in RUNTIME.rglob("__init__.py")}
+    found |= {"edgevid_export." + ".".join(p.parent.relative_to(root / "export").parts)
+              if p.parent != root / "export" else "edgevid_export" for p in (root / "export").rglob("__init__.py")}
+    assert found <= listed, f"not shipped: {sorted(found - listed)}"
