@@ -278,6 +278,11 @@ def main() -> None:
     for precision in [p for p in ("fp32", "q4") if p in precisions]:
         results[f"onnx:{precision}"] = measure("onnx", precision, workdir, args.threads)
     lines = report(results)
+    import psutil
+
+    load = ", ".join(f"{x:.1f}" for x in psutil.getloadavg())
+    lines.append(f"machine: {psutil.cpu_count(logical=False)} physical cores, load average {load} "
+                 "(other processes share the cores: absolute times are noisy, ratios less so)")
     print("\n".join(lines))
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json:

@@ -22,9 +22,10 @@ Session options (``session_options``), chosen on purpose:
 - memory patterns off: they cache an allocation plan per input shape, and the decoder sees a new
   past length every step (the vision encoder a new frame count per request), so a plan is never
   reused; DirectML requires them off anyway.
-- CPU memory arena: on for the decoder (its per-step tensors are reused from the arena), off for the
-  vision encoder and the embedder, whose large one-shot activations would otherwise stay reserved
-  in a second arena while the decoder runs and raise peak memory.
+- CPU memory arena off for every graph. Measured on a ~250M-parameter Gemma 4 with a 2,271-token
+  prefill: the arena (which grows by powers of two and keeps what it took) added 1.2 GB of RSS during
+  prefill against 0.4 GB without it, and decode speed did not change (step tensors are small next to
+  the matmuls). A vision arena would also stay reserved while the decoder runs.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def session_options(config: SessionConfig, *, arena: bool, label: str = "graph")
 class GraphSession:
     """Owns one ``onnxruntime.InferenceSession`` created once with explicit options and providers."""
 
-    arena = True
+    arena = False
 
     def __init__(self, path: str | os.PathLike, choice: ProviderChoice, config: SessionConfig = SessionConfig()):
         self.path = Path(path)
@@ -105,7 +106,10 @@ class GraphSession:
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelFolderError(f"cannot load {self.path.name}: {exc}", source=str(self.path)) from exc
+        # graph inputs plus initializers a caller may override (e.g. the decoder's num_logits_to_keep,
+        # which defaults to 0 = logits for every position)
         self.inputs = {arg.name: arg for arg in self.session.get_inputs()}
+        self.inputs.update({arg.name: arg for arg in self.session.get_overridable_initializers()})
         self.output_names = [arg.name for arg in self.session.get_outputs()]
         active = self.session.get_providers()[0]
         if active != choice.name:
@@ -124,8 +128,6 @@ class GraphSession:
 
 
 class VisionEncoderSession(GraphSession):
-    arena = False
-
     def __init__(self, path, choice, config=SessionConfig(), *, pooling_kernel_size: int = 3):
         super().__init__(path, choice, config)
         self.pool_area = pooling_kernel_size ** 2
@@ -180,8 +182,6 @@ class Embeddings:
 
 
 class EmbedSession(GraphSession):
-    arena = False
-
     def __init__(self, path, choice, config=SessionConfig(), *, placeholder_ids: Sequence[int] = (), pad_id: int = 0):
         super().__init__(path, choice, config)
         self.placeholder_ids = np.asarray(sorted(set(placeholder_ids)), dtype=np.int64)
@@ -301,7 +301,7 @@ class DecoderSession(GraphSession):
             if name not in self.inputs:
                 continue
             if isinstance(value, np.ndarray):
-                value = np.ascontiguousarray(value, dtype=self.input_dtype(name))
+                value = np.asarray(value, dtype=self.input_dtype(name), order="C")  # keeps 0-d scalars 0-d
                 keep_alive.append(value)
                 value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
             binding.bind_ortvalue_input(name, value)
