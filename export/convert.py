@@ -6,6 +6,7 @@ whose gate failed has no ``edgevid.json`` and the runtime refuses it.
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -104,13 +105,25 @@ def export_graphs(model, output: Path, opset: int | None, stages: _Stages) -> di
     return files
 
 
-def run_parity(model, output: Path, files: dict, steps: int = GREEDY_STEPS):
-    """(report, reference, onnx-decoded) for the graphs ``files`` in ``output``."""
-    layout = DecoderLayout.from_text_config(model.config.get_text_config())
-    prompt = build_parity_prompt(model.config)
-    reference = torch_greedy(model, prompt, steps)
-    candidate = OnnxGemma(output, files, layout, model.config.video_token_id).greedy(prompt, steps)
-    return compare(reference, candidate, FP32_TOLERANCE), reference, candidate
+def torch_reference(model, steps: int = GREEDY_STEPS):
+    """The PyTorch side of the gate on the parity prompt (run before the model is released)."""
+    return torch_greedy(model, build_parity_prompt(model.config), steps)
+
+
+def onnx_parity(config, reference, output: Path, files: dict, steps: int = GREEDY_STEPS):
+    """(report, onnx-decoded) for the graphs ``files`` in ``output`` against ``reference``."""
+    layout = DecoderLayout.from_text_config(config.get_text_config())
+    candidate = OnnxGemma(output, files, layout, config.video_token_id).greedy(build_parity_prompt(config), steps)
+    return compare(reference, candidate, FP32_TOLERANCE), candidate
+
+
+def _release(model):
+    """Keep the config, drop the weights: the gate's onnxruntime sessions then need the RAM."""
+    config = model.config
+    for parameter in model.parameters():
+        parameter.data = parameter.data.new_empty(0)
+    gc.collect()
+    return config
 
 
 def _gate(report: ParityReport, output: Path, hint: str) -> None:
@@ -122,7 +135,7 @@ def _gate(report: ParityReport, output: Path, hint: str) -> None:
     raise ExportError(f"parity gate failed for {output}: {detail}; {hint}", source=str(output))
 
 
-def quantize_precisions(output: Path, precisions, reference_onnx, model, stages: _Stages) -> dict:
+def quantize_precisions(output: Path, precisions, reference_onnx, config, stages: _Stages) -> dict:
     """Write the quantised variants and measure them. ``reference_onnx`` is the fp32 ONNX run (or None)."""
     entries = {}
     others = [p for p in precisions if p != "fp32"]
@@ -140,10 +153,10 @@ def quantize_precisions(output: Path, precisions, reference_onnx, model, stages:
                        output / fp32_files[key], output / files[key], precision)
         entry = dict(files, size_bytes=model_folder.files_size(output, files))
         if reference_onnx is not None:
-            layout = DecoderLayout.from_text_config(model.config.get_text_config())
-            prompt = build_parity_prompt(model.config)
+            layout = DecoderLayout.from_text_config(config.get_text_config())
+            prompt = build_parity_prompt(config)
             decoded = stages.run(f"{precision}: top-1 agreement", OnnxGemma(
-                output, files, layout, model.config.video_token_id).greedy, prompt, GREEDY_STEPS)
+                output, files, layout, config.video_token_id).greedy, prompt, GREEDY_STEPS)
             entry["top1_agreement"] = top1_agreement(reference_onnx, decoded)
             entry["prefill_max_abs_diff_vs_fp32"] = float(abs(reference_onnx.prefill_logits - decoded.prefill_logits).max())
         entries[precision] = entry
@@ -166,16 +179,20 @@ def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, 
     files = export_graphs(model, output, opset, stages)
     stages.run("config, tokenizer, template, processor", model_folder.copy_side_files, checkpoint, output, model, source)
     parity, reference_onnx = None, None
+    reference = stages.run("parity gate: PyTorch reference", torch_reference, model) if validate else None
+    config = _release(model)
+    del model
     if validate:
-        report, _, reference_onnx = stages.run("parity gate (onnxruntime vs PyTorch)", run_parity, model, output, files)
+        report, reference_onnx = stages.run("parity gate (onnxruntime vs PyTorch)", onnx_parity,
+                                            config, reference, output, files)
         progress(f"edgevid export: parity prefill max|diff| {report.prefill_max_abs_diff:.2e}, "
                  f"greedy {report.greedy_steps} steps {'identical' if report.greedy_match else 'DIFFERENT'}")
         _gate(report, output, "no edgevid.json was written (--no-validate skips the gate)")
         parity = report.as_dict()
     entries = {"fp32": dict(files, size_bytes=model_folder.files_size(output, files))}
-    entries.update(quantize_precisions(output, chosen, reference_onnx, model, stages))
-    layout = DecoderLayout.from_text_config(model.config.get_text_config())
-    model_folder.write_manifest(output, config=model.config, layout=layout, source=source,
+    entries.update(quantize_precisions(output, chosen, reference_onnx, config, stages))
+    layout = DecoderLayout.from_text_config(config.get_text_config())
+    model_folder.write_manifest(output, config=config, layout=layout, source=source,
                                 precisions=entries, parity=parity)
     progress(f"edgevid export: wrote {output} in {time.perf_counter() - stages.start:.1f} s")
     return output
@@ -192,7 +209,10 @@ def verify_export(model_id_or_dir, output_dir, progress: Callable[[str], None] =
         raise ExportError(f"not an exported folder: missing {', '.join(missing)}", source=str(output))
     stages = _Stages(progress)
     model, _ = stages.run(f"load {model_id_or_dir}", load_checkpoint, str(model_id_or_dir))
-    report, _, _ = stages.run("parity gate (onnxruntime vs PyTorch)", run_parity, model, output, files)
+    reference = stages.run("parity gate: PyTorch reference", torch_reference, model)
+    config = _release(model)
+    del model
+    report, _ = stages.run("parity gate (onnxruntime vs PyTorch)", onnx_parity, config, reference, output, files)
     _gate(report, output, "the graphs do not match the checkpoint; export again")
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

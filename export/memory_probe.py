@@ -42,12 +42,17 @@ class PeakRSS:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def probe_vision(output: Path) -> dict:
+def probe_vision(output: Path, optimize: bool = True, external: bool = False) -> dict:
     import psutil
     import torch
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
 
+    from . import onnx_graphs
     from .onnx_graphs import export_vision
+
+    onnx_graphs.OPTIMIZE = optimize
+    if external:
+        onnx_graphs.TWO_GB = 0
 
     process = psutil.Process()
     torch.set_grad_enabled(False)
@@ -68,6 +73,8 @@ def probe_vision(output: Path) -> dict:
     seconds = time.perf_counter() - t0
     weight_bytes = vision_params * 4
     return {
+        "optimize": optimize,
+        "external_data": external,
         "vision_params": vision_params,
         "weight_bytes": weight_bytes,
         "rss_start": start,
@@ -75,7 +82,8 @@ def probe_vision(output: Path) -> dict:
         "rss_peak_export": peak.peak,
         "export_overhead_bytes": peak.peak - built,
         "overhead_per_weight_byte": round((peak.peak - built) / weight_bytes, 2),
-        "graph_bytes": path.stat().st_size,
+        "graph_bytes": path.stat().st_size + sum(
+            p.stat().st_size for p in path.parent.glob(path.name + "*data")),
         "export_seconds": round(seconds, 1),
     }
 
@@ -83,8 +91,10 @@ def probe_vision(output: Path) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's optimizer")
+    parser.add_argument("--external", action="store_true", help="save with external data whatever the size")
     args = parser.parse_args(argv)
-    print(json.dumps(probe_vision(args.output), indent=2))
+    print(json.dumps(probe_vision(args.output, optimize=not args.no_optimize, external=args.external), indent=2))
 
 
 if __name__ == "__main__":

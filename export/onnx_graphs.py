@@ -20,13 +20,14 @@ from .encoders import VisionEncoderGraph
 log = logging.getLogger(__name__)
 
 TWO_GB = 2 * 1024 ** 3
+OPTIMIZE = True          # onnxscript's optimizer (constant folding, cleanup) before saving
 AUTO = torch.export.Dim.DYNAMIC     # dynamic, and an error (not a silent constant) if export specialises
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int | None):
     kwargs = dict(
         input_names=list(input_names), output_names=list(output_names), dynamic_shapes=dynamic_shapes,
-        dynamo=True, external_data=True, optimize=True, verbose=False,
+        dynamo=True, external_data=True, optimize=OPTIMIZE, verbose=False,
     )
     if opset is not None:
         kwargs["opset_version"] = opset

@@ -241,7 +241,7 @@ def test_quantised_precisions_are_measured(exported):
     fp32 = convert.model_folder.graph_files("fp32")
     reference = OnnxGemma(folder, fp32, layout, model.config.video_token_id).greedy(
         build_parity_prompt(model.config), convert.GREEDY_STEPS)
-    entries = convert.quantize_precisions(folder, ("fp32", "fp16", "int8", "q4"), reference, model,
+    entries = convert.quantize_precisions(folder, ("fp32", "fp16", "int8", "q4"), reference, model.config,
                                           convert._Stages(lambda line: None))
     fp32_size = convert.model_folder.files_size(folder, fp32)
     assert set(entries) == {"fp16", "int8", "q4"}
