@@ -17,6 +17,8 @@ transformers does through ``Cache`` objects and mask factories, because those do
   evaluated densely and weighted, which exports without data-dependent shapes (cost: all experts run).
 - RMSNorm is written as a division by ``Sqrt`` (ORT fuses it into SimplifiedLayerNormalization).
 - Masks are additive with a finite large negative value (never -inf).
+- ``num_logits_to_keep`` (scalar; 0 = all positions): only the last k rows go through the KV-shared layers
+  (E2B/E4B: 20 of 35 layers) and the lm_head, as transformers does in ``generate``.
 """
 from __future__ import annotations
 
@@ -80,7 +82,11 @@ class DecoderLayout:
             names.append("input_ids")
         for i in self.cache_layers:
             names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-        return names
+        return names + ["num_logits_to_keep"]
+
+    @property
+    def first_shared_layer(self) -> int | None:
+        return min(self.shared_from) if self.shared_from else None
 
     def output_names(self) -> list[str]:
         names = ["logits"]
@@ -231,6 +237,25 @@ class DecoderGraph(nn.Module):
         return h * layer.layer_scalar, present
 
     # ---- graph -------------------------------------------------------------------------------------
+    @staticmethod
+    def _kept_length(keep, seq):
+        """Rows to compute past the cut: ``num_logits_to_keep`` (0 = all) as an unbacked size in [1, seq]."""
+        kept = torch.where(keep > 0, keep, torch.full_like(keep, seq)).item()
+        torch._check(kept >= 1)
+        torch._check(kept <= seq)
+        return kept
+
+    @staticmethod
+    def _cut(kept, seq, h, per_layer, ropes, masks):
+        """Keep the last ``kept`` query rows of everything position-wise (as transformers'
+        ``_maybe_slice_kv_shared_inputs``): KV-shared layers and the lm_head then skip the others."""
+        start = seq - kept
+        h = h.narrow(1, start, kept)
+        per_layer = per_layer.narrow(1, start, kept) if per_layer is not None else None
+        ropes = {t: (c.narrow(1, start, kept), s.narrow(1, start, kept)) for t, (c, s) in ropes.items()}
+        masks = {t: m.narrow(2, start, kept) for t, m in masks.items()}
+        return h, per_layer, ropes, masks
+
     def forward(self, *inputs):
         named = dict(zip(self.layout.input_names(), inputs))
         h = named["inputs_embeds"]
@@ -239,8 +264,12 @@ class DecoderGraph(nn.Module):
         masks = self._masks(named["attention_mask"], first_past.shape[2], seq, named.get("input_ids"))
         ropes = {t: self._rope(named["position_ids"], t, h.dtype) for t in set(self.layout.layer_types)}
         per_layer = self._per_layer(h, named["per_layer_inputs"]) if self.layout.per_layer_inputs else None
+        kept = self._kept_length(named["num_logits_to_keep"], seq)
+        cut_at = self.layout.first_shared_layer
         shared, presents = {}, []
         for i, layer in enumerate(self.text.layers[: self.tc.num_hidden_layers]):
+            if i == cut_at:
+                h, per_layer, ropes, masks = self._cut(kept, seq, h, per_layer, ropes, masks)
             layer_type = self.layout.layer_types[i]
             past = None
             if i in self.layout.cache_layers:
@@ -249,6 +278,8 @@ class DecoderGraph(nn.Module):
             h, present = self._layer(layer, i, h, pli, ropes[layer_type], masks[layer_type], past, shared)
             if present is not None:
                 presents += list(present)
+        if cut_at is None:
+            h = h.narrow(1, seq - kept, kept)
         h = rms_norm(h, self.text.norm)
         logits = self.lm_head(h)
         if self.softcap is not None:

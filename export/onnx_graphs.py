@@ -103,6 +103,8 @@ def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
         for _ in ("key", "value"):
             args.append(torch.randn(batch, layout.kv_heads[i], past, layout.head_dims[i]))
             dyn.append({0: AUTO, 2: AUTO})
+    args.append(torch.tensor(0, dtype=torch.int64))          # num_logits_to_keep
+    dyn.append(None)
     return args, dyn
 
 
@@ -110,56 +112,18 @@ def export_decoder(model, path: Path, opset=None) -> Path:
     graph = DecoderGraph(model).eval()
     args, dyn = decoder_example_inputs(graph)
     _export(graph, args, path, graph.layout.input_names(), graph.layout.output_names(), (tuple(dyn),), opset)
-    add_logits_to_keep(path)
+    add_input_default(path, "num_logits_to_keep", 0)
     return path
 
 
-def add_logits_to_keep(path: Path) -> None:
-    """Give the decoder an optional scalar int64 input ``num_logits_to_keep`` (transformers.js naming):
-    0 (the default, stored as an initializer so callers may omit it) = logits for every position, k > 0 =
-    the last k positions only. Implemented as a Slice on the lm_head MatMul's input, found by walking back
-    from ``logits`` through the soft-cap ops; the weights are not touched (external data stays in place)."""
+def add_input_default(path: Path, name: str, value: int) -> None:
+    """Make the scalar int64 input ``name`` optional: an initializer of the same name is its default
+    (onnxruntime lets a feed override it). Weights are not loaded or moved."""
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    if any(i.name == "num_logits_to_keep" for i in graph.input):
-        return
-    producer = {out: node for node in graph.node for out in node.output}
-    constants = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    tail, node = [], producer["logits"]
-    while node.op_type not in ("MatMul", "Gemm"):
-        tail.extend(node.output)
-        data = [name for name in node.input if name and name not in constants]
-        if len(data) != 1 or data[0] not in producer:
-            raise RuntimeError(f"unexpected op {node.op_type} between the lm_head and logits")
-        node = producer[data[0]]
-    graph.input.append(helper.make_tensor_value_info("num_logits_to_keep", TensorProto.INT64, []))
-    graph.initializer.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "num_logits_to_keep"))
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0], dtype=np.int64), "logits_keep_axes0"),
-        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], dtype=np.int64), "logits_keep_end"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "logits_keep_axis"),
-    ])
-    hidden = node.input[0]
-    new_nodes = [
-        helper.make_node("Neg", ["num_logits_to_keep"], ["logits_keep_neg"], name="logits_keep_neg"),
-        helper.make_node("Unsqueeze", ["logits_keep_neg", "logits_keep_axes0"], ["logits_keep_start"],
-                         name="logits_keep_start"),
-        helper.make_node("Slice", [hidden, "logits_keep_start", "logits_keep_end", "logits_keep_axis"],
-                         ["logits_keep_hidden"], name="logits_keep_slice"),
-    ]
-    node.input[0] = "logits_keep_hidden"
-    position = list(graph.node).index(node)
-    for offset, extra in enumerate(new_nodes):
-        graph.node.insert(position + offset, extra)
-    tail_names = set(tail) | set(node.output)
-    kept = [vi for vi in graph.value_info if vi.name not in tail_names]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    for output in graph.output:
-        if output.name == "logits":
-            output.type.tensor_type.shape.dim[1].dim_param = "logits_sequence_length"
-    onnx.save(model, str(path))
+    if not any(init.name == name for init in model.graph.initializer):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+        onnx.save(model, str(path))
