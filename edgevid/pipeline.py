@@ -129,7 +129,10 @@ class Pipeline:
         embeddings = self.embed.embed(prompt.input_ids)
         if features:
             merge_vision_features(embeddings.inputs_embeds, prompt.media_positions(), features)
-        return PromptInputs(prompt.input_ids, embeddings)
+        blocks = None
+        if self.decoder.needs_input_ids:      # bidirectional vision: keep each frame's tokens in one chunk
+            blocks = np.isin(prompt.input_ids, _placeholder_ids(self.folder))
+        return PromptInputs(prompt.input_ids, embeddings, blocks)
 
 
 class ChatStream:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edgevid.errors import ContextLengthError, InvalidRequestError
-from edgevid.model.generate import GenerationOptions, check_context, generate, stream_generate
+from edgevid.model.generate import GenerationOptions, check_context, generate, prefill_bounds, stream_generate
 from edgevid.model.sampling import keep_top_k, keep_top_p, make_sampler
 
 
@@ -136,3 +136,12 @@ def test_stop_string_truncates_text_and_stops_steps():
     result = generate(steps(), DictDetokenizer(TABLE), GenerationOptions(stop=("STOP",)), [1])
     assert result.text == "Hello " and result.finish_reason == "stop"
     assert consumed == [10, 11, 15]
+
+
+def test_prefill_chunks_cover_the_prompt_and_never_split_a_vision_block():
+    assert prefill_bounds(10, 0) == [(0, 10)]
+    assert prefill_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    blocks = np.zeros(12, bool)
+    blocks[3:7] = True                     # one frame's soft tokens
+    assert prefill_bounds(12, 4, blocks) == [(0, 3), (3, 7), (7, 11), (11, 12)]
+    assert prefill_bounds(12, 2, blocks) == [(0, 2), (2, 3), (3, 7), (7, 9), (9, 11), (11, 12)]

@@ -115,16 +115,47 @@ class PromptInputs:
 
     input_ids: np.ndarray          # int64 [seq]
     embeddings: Embeddings
+    blocks: np.ndarray | None = None   # bool [seq]: tokens of bidirectional vision blocks (never split)
 
 
-def prefill(decoder: DecoderSession, prompt: PromptInputs):
-    """Run the whole prompt through the decoder once: (last position's logits, filled KVCache)."""
+def prefill_bounds(length: int, chunk: int, blocks: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Cut a prompt into prefill chunks of at most ``chunk`` tokens (0 = one chunk). A run of ``blocks``
+    tokens (one frame's soft tokens on a bidirectional-vision model) is never cut: its tokens attend to
+    each other, which the graph can only see within one chunk."""
+    if chunk <= 0 or length <= chunk:
+        return [(0, length)]
+    bounds, start = [], 0
+    while start < length:
+        end = min(start + chunk, length)
+        if blocks is not None and end < length:
+            inside = lambda e: blocks[e - 1] and blocks[e]  # noqa: E731
+            cut = end
+            while cut > start and inside(cut):
+                cut -= 1
+            if cut == start:                  # one block longer than a chunk: take it whole
+                cut = end
+                while cut < length and inside(cut):
+                    cut += 1
+            end = cut
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None):
+    """Run the prompt through the decoder in chunks (bounded activation memory; the KV cache makes
+    the result the same as one pass): (last position's logits, filled KVCache)."""
+    chunk = decoder.config.prefill_chunk if chunk is None else chunk
     cache = decoder.empty_cache()
     ids = np.asarray(prompt.input_ids, dtype=np.int64).reshape(1, -1)
-    feeds = {"inputs_embeds": prompt.embeddings.inputs_embeds, "input_ids": ids}
-    if prompt.embeddings.per_layer_inputs is not None:
-        feeds["per_layer_inputs"] = prompt.embeddings.per_layer_inputs
-    return decoder.forward(feeds, cache, ids.shape[1]), cache
+    e = prompt.embeddings
+    logits = None
+    for a, b in prefill_bounds(ids.shape[1], chunk, prompt.blocks):
+        feeds = {"inputs_embeds": e.inputs_embeds[:, a:b], "input_ids": ids[:, a:b]}
+        if e.per_layer_inputs is not None:
+            feeds["per_layer_inputs"] = e.per_layer_inputs[:, a:b]
+        logits = decoder.forward(feeds, cache, b - a)
+    return logits, cache
 
 
 def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInputs, sampler) -> Iterator[int]:

@@ -57,7 +57,8 @@ _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 class SessionConfig:
     threads: int | None = None          # intra-op threads; None = one per physical core
     optimization: str = "all"           # "disable" | "basic" | "extended" | "all"
-    frames_per_run: int = 8             # vision encoder chunk: bounds activation memory
+    frames_per_run: int = 4             # vision encoder chunk: bounds activation memory
+    prefill_chunk: int = 512            # prompt tokens per decoder run during prefill (0 = all at once)
     optimized_model_dir: str | None = None  # write the optimised graphs here (debugging)
 
 
