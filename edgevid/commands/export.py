@@ -68,12 +68,14 @@ def _progress(line: str) -> None:
               help="Comma-separated: fp32,fp16,int8,q4 (fp32 is always written).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity gate against PyTorch.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Parity gate: largest allowed prefill logit difference (fp32).")
 @click.option("--verify", is_flag=True, help="Only re-run the parity gate on an existing --output folder.")
 @click.option("--demo", is_flag=True,
               help="Train the small demo model (minutes) into OUTPUT/checkpoint and export it.")
 @click.option("--random-demo", is_flag=True,
               help="Like --demo but with random weights (seconds): for trying the pipeline, answers are noise.")
-def export(model, output, precision, opset, no_validate, verify, demo, random_demo):
+def export(model, output, precision, opset, no_validate, tolerance, verify, demo, random_demo):
     """Convert a Gemma 4 checkpoint into a verified ONNX model folder."""
     precisions = _precisions(precision)
     if demo and random_demo:
@@ -94,12 +96,12 @@ def export(model, output, precision, opset, no_validate, verify, demo, random_de
         _progress(f"edgevid export: building the random-weight demo checkpoint in {out / 'checkpoint'}")
         model = str(builder.build_demo_checkpoint(out / "checkpoint"))
     if verify:
-        report = convert.verify_export(model, output, progress=_progress)
+        report = convert.verify_export(model, output, progress=_progress, tolerance=tolerance)
         click.echo(f"parity ok: prefill max|diff| {report.prefill_max_abs_diff:.2e}, "
                    f"{report.greedy_steps} greedy tokens identical")
         return
     folder = convert.export_model(model, output, precisions=precisions, opset=opset,
-                                  validate=not no_validate, progress=_progress)
+                                  validate=not no_validate, progress=_progress, tolerance=tolerance)
     click.echo(str(folder))
 
 
