@@ -252,3 +252,27 @@ def test_quantised_precisions_are_measured(exported):
             assert (folder / entry[key]).is_file()
     assert entries["fp16"]["top1_agreement"] >= 0.9          # fp16 barely moves a tiny model's argmax
     assert entries["fp16"]["prefill_max_abs_diff_vs_fp32"] < 0.1
+
+
+def test_decoder_with_external_data_runs(tmp_path, monkeypatch):
+    """The torch-exported path past the size limit: ``decoder_model_merged.onnx`` + ``.onnx_data`` (after
+    the num_logits_to_keep default is added) loads in onnxruntime; omitted num_logits_to_keep = all rows."""
+    from edgevid_export import onnx_graphs
+    from gemma_configs import build_random_model, dense_config
+
+    model = build_random_model(dense_config(), seed=2)
+    monkeypatch.setattr(onnx_graphs, "TWO_GB", 0)
+    path = onnx_graphs.export_decoder(model, tmp_path / "decoder_model_merged.onnx")
+    assert (tmp_path / "decoder_model_merged.onnx_data").stat().st_size > path.stat().st_size
+    assert not (tmp_path / "decoder_model_merged.onnx.data").exists()
+    inputs, _, session = _io(path)
+    rng = np.random.default_rng(0)
+    feeds = {"inputs_embeds": rng.standard_normal((1, 5, 64)).astype(np.float32),
+             "attention_mask": np.ones((1, 5), np.int64), "position_ids": np.arange(5)[None]}
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), np.float32)
+    logits = session.run(["logits"], feeds)[0]
+    last = session.run(["logits"], dict(feeds, num_logits_to_keep=np.array(1, np.int64)))[0]
+    assert logits.shape == (1, 5, 512) and last.shape == (1, 1, 512)
+    np.testing.assert_allclose(last[0, 0], logits[0, -1], atol=1e-5)
