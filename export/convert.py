@@ -65,12 +65,14 @@ def load_checkpoint(source: str):
     config.audio_config = None          # audio is out of scope: do not hold the audio tower's weights
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()      # the skipped audio weights would print a long report
+    transformers_logging.disable_progress_bar()     # our stage lines say what is happening
     try:
         model = Gemma4ForConditionalGeneration.from_pretrained(source, config=config, dtype=torch.float32).eval()
     except Exception as exc:
         raise ExportError(f"cannot load the checkpoint {source}: {exc}", source=source) from exc
     finally:
         transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
     return model, (folder if folder.is_dir() else _snapshot_folder(source))
 
 

@@ -31,6 +31,8 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes,
     )
     if opset is not None:
         kwargs["opset_version"] = opset
+    # "torchvision is not installed. Skipping torchvision::nms" x4 per export: not ours to act on
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(args), None, **kwargs)
@@ -45,6 +47,7 @@ def _save(program, path: Path) -> None:
     size = sum(int(t.const_value.nbytes) for t in program.model.graph.initializers.values() if t.const_value is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     if size >= TWO_GB:
+        log.info("%s: %.2f GB of weights, saved as external data", path.name, size / 1024 ** 3)
         program.save(str(path), external_data=True)
         produced = path.with_name(path.name + ".data")
         if produced.exists():                               # name it the onnx-community way
