@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from edgevid.errors import InvalidRequestError
+from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key, prepare_videos, vision_input_key
 from edgevid.model.generate import (
     GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, stream_generate,
 )
@@ -57,7 +58,8 @@ class ChatResult:
 
 class Pipeline:
     def __init__(self, folder: ModelFolder, tokenizer: Tokenizer, vision: VisionEncoderSession,
-                 embed: EmbedSession, decoder: DecoderSession, *, precision: str = "fp32", policy=None):
+                 embed: EmbedSession, decoder: DecoderSession, *, precision: str = "fp32", policy=None,
+                 cache: MediaCache | None = None):
         self.folder = folder
         self.tokenizer = tokenizer
         self.vision = vision
@@ -65,10 +67,14 @@ class Pipeline:
         self.decoder = decoder
         self.precision = precision
         self.policy = policy
+        self.cache = cache          # media reuse: frames + vision features by content (None = off)
+        self.encoder_id = None if cache is None else encoder_identity(
+            folder.graph_path("vision_encoder", precision), precision)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", precision: str = "fp32", policy=None,
-             *, threads: int | None = None, session_config: SessionConfig | None = None) -> "Pipeline":
+             *, threads: int | None = None, session_config: SessionConfig | None = None,
+             cache_bytes: int = 256 * 2**20) -> "Pipeline":
         folder = ModelFolder.load(model_dir)
         config = session_config or SessionConfig(threads=threads)
         choice = select_providers(device, installed_providers(), threads=config.threads)
@@ -83,7 +89,8 @@ class Pipeline:
 
             policy = SourcePolicy.permissive()
         log.info("loaded %s (%s) on %s", folder.name, precision, decoder.provider)
-        return cls(folder, Tokenizer.from_folder(folder), vision, embed, decoder, precision=precision, policy=policy)
+        return cls(folder, Tokenizer.from_folder(folder), vision, embed, decoder, precision=precision, policy=policy,
+                   cache=MediaCache(cache_bytes) if cache_bytes else None)
 
     # ---- facts ---------------------------------------------------------------------------------------
     @property
@@ -117,15 +124,20 @@ class Pipeline:
             stream.close()
         return stream.result()
 
-    def build_prompt(self, messages: Sequence[Mapping], options: GenerationOptions, policy=None) -> Prompt:
-        """Resolve media, render the chat template, tokenize (no graph runs)."""
+    def build_prompt(self, messages: Sequence[Mapping], options: GenerationOptions, policy=None,
+                     use: CacheUse | None = None) -> Prompt:
+        """Resolve media (through the media cache when on), render the chat template, tokenize."""
         frames = options.num_frames or self.default_num_frames
-        return render_prompt(_normalise(messages), self.folder, self.tokenizer,
+        messages = _normalise(messages)
+        if self.cache is not None:
+            messages = prepare_videos(messages, self.cache, num_frames=frames, policy=policy or self.policy,
+                                      folder=self.folder, use=use)
+        return render_prompt(messages, self.folder, self.tokenizer,
                              resolve=lambda part: resolve_media(part, frames, policy or self.policy))
 
-    def prompt_inputs(self, prompt: Prompt) -> PromptInputs:
+    def prompt_inputs(self, prompt: Prompt, use: CacheUse | None = None) -> PromptInputs:
         """Vision-encode the prompt's media, embed its ids and merge the features in."""
-        features = [self.vision.encode(m.vision.pixel_values, m.vision.position_ids) for m in prompt.media]
+        features = [self._encode(m.vision, use) for m in prompt.media]
         embeddings = self.embed.embed(prompt.input_ids)
         if features:
             merge_vision_features(embeddings.inputs_embeds, prompt.media_positions(), features)
@@ -133,6 +145,17 @@ class Pipeline:
         if self.decoder.needs_input_ids:      # bidirectional vision: keep each frame's tokens in one chunk
             blocks = np.isin(prompt.input_ids, _placeholder_ids(self.folder))
         return PromptInputs(prompt.input_ids, embeddings, blocks)
+
+    def _encode(self, vision, use: CacheUse | None = None) -> np.ndarray:
+        """Vision features of one media item, from the media cache when its encoder input was seen."""
+        if self.cache is None:
+            return self.vision.encode(vision.pixel_values, vision.position_ids)
+        key = features_key(vision_input_key(vision), encoder=self.encoder_id)
+        features, hit = self.cache.features(key, lambda: self.vision.encode(vision.pixel_values, vision.position_ids))
+        if hit and use is not None:
+            use.features_cached += 1
+            use.cached_tokens += vision.total_soft_tokens
+        return features
 
 
 class ChatStream:
@@ -146,7 +169,8 @@ class ChatStream:
         self.pipeline = pipeline
         self.options = options
         self._start = time.perf_counter()
-        self.prompt = pipeline.build_prompt(messages, options, policy)
+        self.cache_use = CacheUse()
+        self.prompt = pipeline.build_prompt(messages, options, policy, self.cache_use)
         self.prompt_tokens = self.prompt.num_tokens
         check_context(self.prompt_tokens, options.max_tokens, pipeline.context_length)
         self.media = tuple(
@@ -186,7 +210,7 @@ class ChatStream:
     def _generate(self) -> Iterator[TextPiece]:
         p = self.pipeline
         t0 = time.perf_counter()
-        inputs = p.prompt_inputs(self.prompt)
+        inputs = p.prompt_inputs(self.prompt, self.cache_use)
         t1 = time.perf_counter()
         self.timings["vision_s"] = t1 - t0
         steps = decode_steps(p.decoder, p.embed, inputs, self.options.sampler())
@@ -211,6 +235,7 @@ class ChatStream:
         self.timings["decode_s"] = decode
         self.timings["tokens_per_s"] = (len(self.token_ids) - 1) / decode if decode > 0 and len(self.token_ids) > 1 else None
         self.timings["total_s"] = end - self._start
+        self.timings.update(self.cache_use.as_timings())
 
     def close(self) -> None:
         """Stop generation (a client went away); safe to call twice or before iterating."""
