@@ -102,3 +102,17 @@ def test_demo_without_bundled_model_says_how_to_make_one():
 def test_missing_model_folder(tmp_path):
     result = run("-m", tmp_path / "nope", "-i", "hi")
     assert result.exit_code == 1 and "model folder not found" in result.stderr
+
+
+def test_demo_uses_the_bundled_folder_and_its_sample_clip(model_dir, clip, tmp_path, monkeypatch):
+    import shutil
+
+    import edgevid.commands.run as run_command
+
+    bundled = tmp_path / "demo"
+    shutil.copytree(model_dir, bundled)
+    shutil.copy(clip, bundled / "sample.mp4")
+    monkeypatch.setattr(run_command, "BUNDLED_DEMO", bundled)
+    result = run("--demo", "-i", "What happens in this video?", "--max-tokens", 2, "--num-frames", 2)
+    assert result.exit_code == 0, result.output
+    assert "asking about the bundled clip" in result.stderr and "2 frames from" in result.stderr

@@ -24,7 +24,8 @@ DEMO_HINT = "run `edgevid export --demo --output models/edgevid-demo` and pass -
 
 @click.command("run")
 @click.option("-m", "--model", "model", type=str, help="Model folder written by `edgevid export`.")
-@click.option("--demo", is_flag=True, help="Use the demo model bundled with edgevid (if this install ships one).")
+@click.option("--demo", is_flag=True, help="Use the demo model bundled with edgevid (if this install ships one); "
+              "without --video/--image it asks about the bundled sample clip.")
 @click.option("--video", "videos", multiple=True, help="Video file or URL (repeatable).")
 @click.option("--image", "images", multiple=True, help="Image file or URL (repeatable).")
 @click.option("-i", "--prompt", "prompt", type=str, help="Ask once and exit (otherwise: interactive chat).")
@@ -47,19 +48,26 @@ def run(model, demo, videos, images, prompt, num_frames, max_tokens, temperature
                                 seed=seed, num_frames=num_frames)
     if as_json and prompt is None:
         raise InvalidRequestError("--json needs a one-shot prompt (-i)", param="json")
-    pipeline = Pipeline.load(resolve_model_dir(model, demo), device=device, precision=precision)
+    model_dir = resolve_model_dir(model, demo)
+    pipeline = Pipeline.load(model_dir, device=device, precision=precision)
     media = [video_part(v) for v in videos] + [image_part(i) for i in images]
+    sample = model_dir / "sample.mp4"
+    if (demo or model == "--demo") and not media and sample.is_file():
+        click.echo(f"[demo: asking about the bundled clip {sample}]", err=True)
+        media = [video_part(str(sample))]
     if prompt is not None:
         ask_once(pipeline, media, prompt, options, as_json)
     else:
         chat(pipeline, media, options)
 
 
+BUNDLED_DEMO = Path(__file__).resolve().parent.parent / "demo"      # edgevid/demo (package data)
+
+
 def resolve_model_dir(model: str | None, demo: bool) -> Path:
     if demo or model == "--demo":
-        bundled = Path(__file__).resolve().parent.parent / "demo"
-        if (bundled / "edgevid.json").is_file():
-            return bundled
+        if (BUNDLED_DEMO / "edgevid.json").is_file():
+            return BUNDLED_DEMO
         raise ModelFolderError(f"this edgevid install ships no demo model; {DEMO_HINT}")
     if not model:
         raise InvalidRequestError(f"pass a model folder with -m MODEL_DIR (no model yet? {DEMO_HINT})", param="model")
