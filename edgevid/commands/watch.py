@@ -63,7 +63,8 @@ def watch(source, model_dir, prompt, every, window, num_frames, max_windows, jso
     options = WatchOptions(every=every, window=window, num_frames=num_frames, max_windows=max_windows,
                            fps=fps, connect_timeout=connect_timeout).validate()
     reader, ring = start_reader(source, options)
-    pipeline = Pipeline.load(model_dir, device=device, precision=precision)
+    # every window is new video: the media reuse cache would only hash and hold frames nobody asks again
+    pipeline = Pipeline.load(model_dir, device=device, precision=precision, cache_bytes=0)
     generation = GenerationOptions(max_tokens=max_tokens, num_frames=num_frames)
 
     def ask(video):
