@@ -13,8 +13,9 @@ transformers does through ``Cache`` objects and mask factories, because those do
 - ``use_bidirectional_attention == "vision"``: the decoder also takes ``input_ids``; contiguous runs of
   image/video tokens in the current chunk form blocks that attend to each other on sliding layers only.
   BOI/EOI are text. A decode step (seq 1) can never open a block, so no special case is needed.
-- MoE: routing as transformers does it (softmax -> top-k -> renormalise -> per-expert scale), experts
-  evaluated densely and weighted, which exports without data-dependent shapes (cost: all experts run).
+- MoE: routing as transformers does it (softmax -> top-k -> renormalise -> per-expert scale); no
+  data-dependent shapes: an ``If`` (torch.cond) picks, by token count, between gathering only the chosen
+  experts' weights (tokens x top_k <= experts: decode steps) and running every expert weighted (prefill).
 - RMSNorm is written as a division by ``Sqrt`` (ORT fuses it into SimplifiedLayerNormalization).
 - Masks are additive with a finite large negative value (never -inf).
 - ``num_logits_to_keep`` (scalar; 0 = all positions): only the last k rows go through the KV-shared layers
@@ -212,13 +213,24 @@ class DecoderGraph(nn.Module):
         top_w, top_i = torch.topk(probs, k=self.tc.top_k_experts, dim=-1)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         top_w = top_w * router.per_expert_scale[top_i]
-        dense_w = torch.zeros_like(probs).scatter(1, top_i, top_w)              # [T, E]
         x = rms_norm(flat, layer.pre_feedforward_layernorm_2)
-        gate_up = torch.einsum("th,eoh->teo", x, experts.gate_up_proj)
-        gate, up = gate_up.chunk(2, dim=-1)
-        act = experts.act_fn(gate) * up
-        out = torch.einsum("tei,ehi->teh", act, experts.down_proj)
-        out = (out * dense_w.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+
+        def gathered(x, top_i, top_w):          # few tokens (decode): only the chosen experts' weights
+            gate_up = torch.einsum("th,tkoh->tko", x, experts.gate_up_proj[top_i])
+            gate, up = gate_up.chunk(2, dim=-1)
+            out = torch.einsum("tki,tkhi->tkh", experts.act_fn(gate) * up, experts.down_proj[top_i])
+            return (out * top_w.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+
+        def dense(x, top_i, top_w):             # many tokens (prefill): every expert, weighted
+            weights = torch.zeros(x.shape[0], experts.num_experts, dtype=top_w.dtype, device=x.device)
+            weights = weights.scatter(1, top_i, top_w)
+            gate_up = torch.einsum("th,eoh->teo", x, experts.gate_up_proj)
+            gate, up = gate_up.chunk(2, dim=-1)
+            out = torch.einsum("tei,ehi->teh", experts.act_fn(gate) * up, experts.down_proj)
+            return (out * weights.unsqueeze(-1).to(out.dtype)).sum(dim=1)
+
+        few = flat.shape[0] * self.tc.top_k_experts <= experts.num_experts
+        out = torch.cond(few, gathered, dense, (x, top_i, top_w))
         return rms_norm(out.reshape(residual.shape), layer.post_feedforward_layernorm_2)
 
     def _layer(self, layer, i, h, per_layer_input, rope, mask, past, shared):
