@@ -209,8 +209,12 @@ def render_clip(spec: ClipSpec) -> np.ndarray:
     return np.stack([render_frame(spec, i, background) for i in range(spec.frame_count)])
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 23) -> Path:
-    """Encode RGB frames as H.264 in MP4 with PyAV (deterministic: one thread); OpenCV MPEG-4 without PyAV."""
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, *, qp: int = 20) -> Path:
+    """Encode RGB frames as H.264 in MP4 with PyAV; OpenCV MPEG-4 without PyAV.
+
+    Constant QP and one thread: the same frames give the same bitstream every time (CRF rate control
+    gave a slightly different stream on every run here), so training data and the sample clip rebuild
+    exactly."""
     path = Path(path)
     try:
         import av
@@ -221,7 +225,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: i
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        stream.options = {"qp": str(qp), "preset": "medium", "threads": "1"}
         stream.codec_context.thread_count = 1
         for rgb in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):

@@ -36,18 +36,22 @@ class DemoRecipe:
     seed: int = 0
     num_frames: int = 4                  # frames sampled per video, recorded in edgevid.json / processor_config
     max_soft_tokens: int = 70            # per frame (Gemma 4's smallest budget; 160x120 -> 63 tokens)
-    steps: int = 1400
+    steps: int = 2000                    # stage 1
     clips_per_step: int = 2              # every clip is asked one question of each kind (5 sequences)
     lr: float = 2e-3
     warmup: int = 40
     weight_decay: float = 0.01
     vocab_size: int = 1024
     text_hidden: int = 64
+    text_heads: int = 2
     vision_hidden: int = 64
     vision_layers: int = 1
     eval_every: int = 100
     eval_clips: int = 12
-    sliding_window: int = 128
+    sliding_window: int = 256
+    single_shape_steps: int = 0          # curriculum option: one shape per clip for the first steps
+    stage2_steps: int = 1200
+    stage2_lr: float = 1e-3
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
 
 
@@ -135,8 +139,9 @@ def demo_config(recipe: DemoRecipe):
     layer_types = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention"]
     text = Gemma4TextConfig(
         vocab_size=recipe.vocab_size, hidden_size=recipe.text_hidden, intermediate_size=2 * recipe.text_hidden,
-        num_hidden_layers=len(layer_types), layer_types=layer_types, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=32, global_head_dim=64, sliding_window=recipe.sliding_window, max_position_embeddings=4096,
+        num_hidden_layers=len(layer_types), layer_types=layer_types, num_attention_heads=recipe.text_heads,
+        num_key_value_heads=1, head_dim=recipe.text_hidden // recipe.text_heads,
+        global_head_dim=2 * recipe.text_hidden // recipe.text_heads, sliding_window=recipe.sliding_window, max_position_embeddings=4096,
         hidden_size_per_layer_input=16, vocab_size_per_layer_input=recipe.vocab_size, num_kv_shared_layers=2,
         final_logit_softcapping=30.0, pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos,
         initializer_range=0.02,
@@ -339,11 +344,11 @@ def answer_loss_and_hits(logits, labels):
     return loss, ~wrong.any(dim=1)
 
 
-def _learning_rate(recipe: DemoRecipe, step: int) -> float:
-    if step < recipe.warmup:
-        return recipe.lr * (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def _learning_rate(stage, step: int) -> float:
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def evaluate(model, clips: list[EncodedClip], prompts: PromptBuilder, pad_id: int, seed: int = 0) -> dict:
@@ -365,19 +370,50 @@ def evaluate(model, clips: list[EncodedClip], prompts: PromptBuilder, pad_id: in
 
 def _encode_seed(args) -> EncodedClip:
     """Worker side of the clip pipeline (a top-level function so spawn-based pools can pickle it)."""
-    seed, recipe, workdir = args
-    return encode_clip(synthetic.make_clip_spec(seed), recipe, Path(workdir))
+    seed, count, recipe, workdir = args
+    return encode_clip(synthetic.make_clip_spec(seed, count=count), recipe, Path(workdir))
 
 
-def _clip_stream(recipe: DemoRecipe, workdir: Path, pool):
-    """Training clips in step order, rendered and encoded by a worker process ahead of the trainer."""
-    seeds = ((train_seed(recipe, step, k), recipe, str(workdir))
-             for step in range(recipe.steps) for k in range(recipe.clips_per_step))
-    return pool.imap(_encode_seed, seeds, chunksize=1) if pool is not None else map(_encode_seed, seeds)
+def _clip_stream(recipe: DemoRecipe, stage, workdir: Path, pool, ahead: int = 8):
+    """Training clips in step order, rendered and encoded by worker processes at most ``ahead`` clips
+    before the trainer (each clip holds ~8 MB of patches)."""
+    from collections import deque
+
+    jobs = ((train_seed(recipe, step, k), 1 if step < recipe.single_shape_steps else None, recipe, str(workdir))
+            for step in range(stage.first_step, stage.first_step + stage.steps)
+            for k in range(recipe.clips_per_step))
+    if pool is None:
+        yield from map(_encode_seed, jobs)
+        return
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(_encode_seed, (job,)))
+        if len(pending) > ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
-def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int = 1):
-    """Train from scratch; returns the model (eval mode) and the last held-out accuracy.
+@dataclass(frozen=True)
+class Stage:
+    """One stretch of training: fresh AdamW and aux probes, warmup then cosine decay to 10 %."""
+    name: str
+    first_step: int      # global step of its first batch (training clip seeds follow the global step)
+    steps: int
+    lr: float
+    warmup: int
+
+
+def stages(recipe: DemoRecipe) -> tuple[Stage, ...]:
+    """Stage 1 learns the language and the vision features; the small model starts reading the video
+    late in stage 1 (around step 1400 of 2000 here), so stage 2 restarts the learning rate to finish."""
+    return (Stage("stage 1", 0, recipe.steps, recipe.lr, recipe.warmup),
+            Stage("stage 2", recipe.steps, recipe.stage2_steps, recipe.stage2_lr, 20))[: 2 if recipe.stage2_steps else 1]
+
+
+def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int = 1, start_model=None):
+    """Train from scratch (or from ``start_model``, a stage-1 result of the same recipe); returns the
+    model (eval mode) and the last held-out accuracy.
 
     One torch thread: on a small shared CPU, oversubscribed intra-op threads cost 3-10x; clip rendering and
     encoding run in ``workers`` separate processes instead."""
@@ -390,23 +426,26 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
 
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
-    model = Gemma4ForConditionalGeneration(demo_config(recipe))
+    model = start_model if start_model is not None else Gemma4ForConditionalGeneration(demo_config(recipe))
     prompts = PromptBuilder(tokenizer_dir)
     pad = demo_token_ids().pad
-    heads = _aux_heads(recipe)
-    named = list(model.named_parameters()) + list(heads.named_parameters())
-    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": other, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98))
-    rng = np.random.default_rng(recipe.seed)
     accuracy: dict = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
     try:
         with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
-            accuracy = _train_loop(model, heads, optimizer, recipe, prompts, pad, rng, Path(tmp), pool, progress)
+            for index, stage in enumerate(stages(recipe)):
+                if index == 0 and start_model is not None:
+                    continue
+                if index > 0:
+                    torch.manual_seed(recipe.seed + index)
+                heads = _aux_heads(recipe)
+                optimizer = _optimizer(model, heads, recipe, stage)
+                rng = np.random.default_rng(recipe.seed + index)
+                progress(f"{stage.name}: {stage.steps} steps, lr {stage.lr:g}")
+                accuracy = _train_loop(model, heads, optimizer, recipe, stage, prompts, pad, rng, Path(tmp), pool,
+                                       progress)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
@@ -414,19 +453,29 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
     return model.eval(), accuracy
 
 
-def _train_loop(model, heads, optimizer, recipe, prompts, pad, rng, work: Path, pool, progress) -> dict:
+def _optimizer(model, heads, recipe: DemoRecipe, stage: Stage):
+    import torch
+
+    named = list(model.named_parameters()) + list(heads.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    other = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                              {"params": other, "weight_decay": 0.0}], lr=stage.lr, betas=(0.9, 0.98))
+
+
+def _train_loop(model, heads, optimizer, recipe, stage: Stage, prompts, pad, rng, work: Path, pool, progress) -> dict:
     import torch
 
     accuracy: dict = {}
     eval_clips = [encode_clip(s, recipe, work) for s in held_out_specs(recipe.eval_clips, offset=900_000)]
-    stream = _clip_stream(recipe, work, pool)
+    stream = _clip_stream(recipe, stage, work, pool)
     started = time.perf_counter()
-    for step in range(recipe.steps):
+    for step in range(stage.steps):
         clips = [next(stream) for _ in range(recipe.clips_per_step)]
         input_ids, labels, mask, owners, keep = _batch(clips, prompts, rng, pad)
         model.train()
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(recipe, step)
+            group["lr"] = _learning_rate(stage, step)
         logits, features = _forward(model, clips, input_ids, mask, owners, keep)
         loss, ok = answer_loss_and_hits(logits, labels[:, -keep:])
         aux = aux_loss(heads, features, clips)
@@ -435,11 +484,11 @@ def _train_loop(model, heads, optimizer, recipe, prompts, pad, rng, work: Path, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 20 == 0:
-            progress(f"step {step:5d}  loss {loss.item():.4f}  aux {aux.item():.3f}  batch exact {ok.float().mean():.2f}  "
-                     f"{time.perf_counter() - started:6.0f}s")
-        if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps:
+            progress(f"step {stage.first_step + step:5d}  loss {loss.item():.4f}  aux {aux.item():.3f}  "
+                     f"batch exact {ok.float().mean():.2f}  {time.perf_counter() - started:6.0f}s")
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == stage.steps:
             accuracy = evaluate(model, eval_clips, prompts, pad)
-            progress(f"held-out exact match @ {step + 1}: "
+            progress(f"held-out exact match @ {stage.first_step + step + 1}: "
                      + "  ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
     return accuracy
 
@@ -465,16 +514,25 @@ def save_checkpoint(model, recipe: DemoRecipe, tokenizer_dir: Path, checkpoint_d
 
 
 def build_trained_demo(output_dir: str | Path, seed: int = 0, progress=print,
-                       precisions: tuple[str, ...] = ("fp32", "q4"), recipe: DemoRecipe | None = None) -> Path:
-    """Train the demo from scratch and export it: ``output_dir/checkpoint`` (HF folder) + model folder."""
+                       precisions: tuple[str, ...] = ("fp32", "q4"), recipe: DemoRecipe | None = None,
+                       stage1_checkpoint: str | Path | None = None) -> Path:
+    """Train the demo from scratch and export it: ``output_dir/checkpoint`` (HF folder) + model folder.
+
+    ``stage1_checkpoint``: a checkpoint saved after stage 1 of the same recipe (``DemoRecipe(stage2_steps=0)``
+    writes one); training then runs stage 2 only, which gives the same result as a full run."""
     recipe = recipe or DemoRecipe(seed=seed)
+    start_model = None
+    if stage1_checkpoint is not None:
+        from transformers import Gemma4ForConditionalGeneration
+
+        start_model = Gemma4ForConditionalGeneration.from_pretrained(stage1_checkpoint)
     output = Path(output_dir)
     checkpoint = output / "checkpoint"
     with tempfile.TemporaryDirectory(prefix="edgevid-tok-") as tmp:
         tokenizer_dir = Path(tmp)
         build_task_tokenizer(tokenizer_dir)
         write_processor_config(tokenizer_dir, recipe)
-        model, accuracy = train(recipe, tokenizer_dir, progress)
+        model, accuracy = train(recipe, tokenizer_dir, progress, start_model=start_model)
         save_checkpoint(model, recipe, tokenizer_dir, checkpoint)
     (checkpoint / "train_accuracy.json").write_text(json.dumps(accuracy, indent=2) + "\n", encoding="utf-8")
     return export_demo(checkpoint, output, recipe, precisions, progress)
@@ -531,11 +589,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=DemoRecipe.steps)
     parser.add_argument("--precisions", default="fp32,q4")
+    parser.add_argument("--stage1-checkpoint", metavar="DIR", default=None,
+                        help="resume after stage 1 (a checkpoint built with --stage2-steps 0 and the same recipe)")
+    parser.add_argument("--stage2-steps", type=int, default=DemoRecipe.stage2_steps)
     parser.add_argument("--package", metavar="DIR",
                         help="also copy the runtime files (fp32 + q4) and the sample clip here, e.g. edgevid/demo")
     args = parser.parse_args(argv)
-    recipe = DemoRecipe(seed=args.seed, steps=args.steps)
-    folder = build_trained_demo(args.output, seed=args.seed, recipe=recipe,
+    recipe = DemoRecipe(seed=args.seed, steps=args.steps, stage2_steps=args.stage2_steps)
+    folder = build_trained_demo(args.output, seed=args.seed, recipe=recipe, stage1_checkpoint=args.stage1_checkpoint,
                                 precisions=tuple(args.precisions.split(",")))
     if args.package:
         package_demo(folder, args.package)
