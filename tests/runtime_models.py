@@ -123,8 +123,11 @@ def processor_inputs(checkpoint: Path, frames: np.ndarray, timestamps: np.ndarra
 
         processor = AutoProcessor.from_pretrained(checkpoint)
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        metadata = VideoMetadata(total_num_frames=len(frames), fps=fps, frames_indices=list(range(len(frames))))
-        metadata.timestamps = list(timestamps)
+        # VideoMetadata derives timestamps as frames_indices / fps: give it the indices that reproduce the
+        # container timestamps the runtime read (the test clip is constant-rate, so they are exact).
+        indices = np.rint(np.asarray(timestamps) * fps).astype(int)
+        assert np.allclose(indices / fps, timestamps, atol=1e-3), (indices, timestamps)
+        metadata = VideoMetadata(total_num_frames=int(indices[-1]) + 1, fps=fps, frames_indices=indices.tolist())
         return dict(processor(text=[text], videos=[frames], video_metadata=[metadata], do_sample_frames=False,
                               return_tensors="pt"))
     tok = AutoTokenizer.from_pretrained(checkpoint)
