@@ -74,6 +74,7 @@ def _to_fp16(src: Path, dst: Path) -> None:
 
     with _inferred_copy(src) as inferred:
         model = onnx.load(str(inferred))
+        _name_unnamed_nodes(model.graph)      # the fp16 plan blocks nodes by name: "" would block every unnamed node
         blocked_ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCKED_OPS))
         nodes = fp16_blocked_nodes(model)
         log.info("fp16 %s: %d nodes kept fp32 beside the ops %s", src.name, len(nodes), blocked_ops)
@@ -85,6 +86,17 @@ def _to_fp16(src: Path, dst: Path) -> None:
     log.info("fp16 %s: %d fp32->fp16->fp32 cast pairs between fp32 nodes removed", src.name, removed)
     _check_fp16_constants(converted, src)
     save_graph(converted, dst)
+
+
+def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
+    taken = {node.name for node in graph.node}
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def drop_cast_round_trips(model: onnx.ModelProto) -> int:
