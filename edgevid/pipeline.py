@@ -35,7 +35,7 @@ from edgevid.model.generate import (
     GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, stream_generate,
 )
 from edgevid.model.manifest import ModelFolder
-from edgevid.model.prompt import Prompt, render_prompt
+from edgevid.model.prompt import Prompt, map_parts, render_prompt
 from edgevid.model.providers import installed_providers, select_providers
 from edgevid.model.sessions import (
     DecoderSession, EmbedSession, SessionConfig, VisionEncoderSession, merge_vision_features,
@@ -261,21 +261,12 @@ def _placeholder_ids(folder: ModelFolder) -> list[int]:
 
 def _normalise(messages: Any) -> Any:
     """``os.PathLike`` media values become strings, so the prompt layer hands them to the resolver."""
-    if not isinstance(messages, (list, tuple)):
-        return messages
-    out = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, (list, tuple)):
-            content = [
-                {**part, part["type"]: os.fspath(part[part["type"]])}
-                if isinstance(part, Mapping) and part.get("type") in ("video", "image")
-                and isinstance(part.get(part["type"]), os.PathLike) else part
-                for part in content
-            ]
-            message = {**message, "content": content}
-        out.append(message)
-    return out
+    def fspath(part):
+        if (isinstance(part, Mapping) and part.get("type") in ("video", "image")
+                and isinstance(part.get(part["type"]), os.PathLike)):
+            return {**part, part["type"]: os.fspath(part[part["type"]])}
+        return part
+    return map_parts(messages, fspath)
 
 
 def media_source(part: Mapping) -> Any:

@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from edgevid.model.prompt import map_parts
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -223,16 +225,7 @@ def prepare_videos(messages: Any, cache: MediaCache, *, num_frames: int, policy:
     ``{"type": "video", "video": SampledVideo, "vision": VisionInput}`` through the cache, so a video
     seen before is neither fetched-and-decoded nor preprocessed again. Anything else is left as it is
     (malformed messages too: the prompt layer reports those)."""
-    if not isinstance(messages, (list, tuple)):
-        return messages
-    out = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, (list, tuple)):
-            message = {**message, "content": [_prepared_part(part, cache, num_frames, policy, folder, use, mode)
-                                              for part in content]}
-        out.append(message)
-    return out
+    return map_parts(messages, lambda part: _prepared_part(part, cache, num_frames, policy, folder, use, mode))
 
 
 def _video_reference(part: Any) -> str | bytes | None:

@@ -79,6 +79,20 @@ def iter_media_parts(messages: Sequence[Mapping]) -> Iterator[dict]:
                     yield part
 
 
+def map_parts(messages: Any, fn) -> Any:
+    """A copy of ``messages`` with every content part of a list content replaced by ``fn(part)``.
+    Anything that is not a list of messages is returned as it is (the prompt layer reports it)."""
+    if not isinstance(messages, (list, tuple)):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, (list, tuple)):
+            message = {**message, "content": [fn(part) for part in content]}
+        out.append(message)
+    return out
+
+
 def validate_messages(messages: Any) -> None:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidRequestError("messages must be a non-empty list", param="messages")
