@@ -2,7 +2,12 @@
 
 ``VisionEncoderGraph``: the checkpoint's vision tower plus ``embed_vision``; padding patches are dropped
 inside the graph, so ``image_features`` is [soft_tokens, text_hidden] for all frames together, in frame
-order (what transformers scatters into the image/video placeholder positions).
+order (what transformers scatters into the image/video placeholder positions). The encoder layers run
+the checkpoint's own projections, norms and MLPs, but attention is written out here: one additive float
+mask ``[frames, 1, 1, patches]`` (0 / finite large negative) is built once and added to the scores of
+every layer, instead of the boolean mask that torch's SDPA decomposition turns into ``Where`` + ``IsNaN``
+over the whole ``[frames, heads, patches, patches]`` score tensor in every layer (26% + 2% of the vision
+graph's time in onnxruntime, measured).
 
 ``EmbedTokensGraph`` (the PyTorch reference for ``embed_graph``, which writes the ONNX graph by hand):
 ``input_ids`` -> ``inputs_embeds`` (scaled) and, for per-layer-input models, the
@@ -14,6 +19,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
+
+MASK_VALUE = -1.0e9
 
 
 class VisionEncoderGraph(nn.Module):
@@ -41,11 +49,42 @@ class VisionEncoderGraph(nn.Module):
         valid = (weights != 0).any(dim=1)                                                       # [F, L]
         return pooled * self.root_hidden, valid
 
+    @staticmethod
+    def _attention(attn, h, rope, positions, mask):
+        """Gemma4VisionAttention (eager numerics: scaling 1.0, fp32 softmax) with an additive mask."""
+        shape = (*h.shape[:-1], -1, attn.head_dim)
+        cos, sin = rope
+        q = apply_multidimensional_rope(attn.q_norm(attn.q_proj(h).view(shape)), cos, sin, positions).transpose(1, 2)
+        k = apply_multidimensional_rope(attn.k_norm(attn.k_proj(h).view(shape)), cos, sin, positions).transpose(1, 2)
+        v = attn.v_norm(attn.v_proj(h).view(shape)).transpose(1, 2)
+        groups = attn.num_key_value_groups
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3))
+        if attn.scaling != 1.0:
+            scores = scores * attn.scaling
+        probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(*h.shape[:-1], -1)
+        return attn.o_proj(out)
+
+    def _encode(self, embeds, positions, padding):
+        encoder = self.tower.encoder
+        zero = torch.zeros((), dtype=embeds.dtype)
+        neg = torch.full((), MASK_VALUE, dtype=embeds.dtype)
+        mask = torch.where(padding, neg, zero)[:, None, None, :]                              # [F, 1, 1, P]
+        rope = encoder.rotary_emb(embeds, positions)
+        h = embeds
+        for layer in encoder.layers[: encoder.config.num_hidden_layers]:
+            attn_out = self._attention(layer.self_attn, layer.input_layernorm(h), rope, positions, mask)
+            h = h + layer.post_attention_layernorm(attn_out)
+            h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+        return h
+
     def forward(self, pixel_values, pixel_position_ids):
         padding = (pixel_position_ids == -1).all(dim=-1)
         embeds = self.tower.patch_embedder(pixel_values, pixel_position_ids, padding)
-        hidden = self.tower.encoder(inputs_embeds=embeds, attention_mask=~padding,
-                                    pixel_position_ids=pixel_position_ids).last_hidden_state
+        hidden = self._encode(embeds, pixel_position_ids, padding)
         pooled, valid = self._pool(hidden, pixel_position_ids, padding)
         features = pooled[valid]                                                                # [soft_tokens, H]
         if self.standardize:
