@@ -552,6 +552,41 @@ def export_demo(checkpoint: Path, output: Path, recipe: DemoRecipe, precisions, 
     return output
 
 
+REFERENCE_SEED_BASE = 40_000_000
+REFERENCE_FILE = "reference_answers.json"
+
+
+def reference_answers(checkpoint: str | Path, clips: int = 8, max_new_tokens: int = 24) -> list[dict]:
+    """Greedy answers of the PyTorch checkpoint (transformers ``generate``) on held-out clips drawn from
+    ``REFERENCE_SEED_BASE``, after the runtime's sampling and preprocessing. Shipped beside the model so a
+    torch-free test can demand the ONNX runtime give the same answers."""
+    import torch
+    from transformers import Gemma4ForConditionalGeneration
+
+    checkpoint = Path(checkpoint)
+    model = Gemma4ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    recipe = DemoRecipe(**json.loads((checkpoint / "demo_recipe.json").read_text(encoding="utf-8")))
+    prompts = PromptBuilder(checkpoint)
+    eos = list(model.generation_config.eos_token_id)
+    out = []
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="edgevid-ref-") as tmp, torch.no_grad():
+        for i in range(clips):
+            spec = synthetic.make_clip_spec(REFERENCE_SEED_BASE + i)
+            clip = encode_clip(spec, recipe, Path(tmp))
+            for qa in synthetic.questions_for(spec, rng):
+                ids, _ = prompts.encode(qa.question, None, clip.timestamps, clip.soft_tokens)
+                generated = model.generate(
+                    input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=torch.from_numpy(clip.pixel_values),
+                    video_position_ids=torch.from_numpy(clip.position_ids),
+                    num_frames_per_video=torch.tensor([clip.pixel_values.shape[0]]),
+                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos)[0, len(ids):].tolist()
+                out.append({"seed": spec.seed, "kind": qa.kind, "question": qa.question, "answer": qa.answer,
+                            "torch": prompts.decode(t for t in generated if t not in eos).strip()})
+    return out
+
+
 SHIPPED_PRECISIONS = ("fp32", "q4")
 SAMPLE_CLIP = "sample.mp4"
 
@@ -577,6 +612,9 @@ def package_demo(model_dir: str | Path, dest: str | Path, precisions: tuple[str,
         names += [v + "_data" for v in entry.values() if isinstance(v, str) and (source / (v + "_data")).is_file()]
     for name in names:
         shutil.copy2(source / name, dest / name)
+    if (source / "checkpoint").is_dir():
+        references = reference_answers(source / "checkpoint")
+        (dest / REFERENCE_FILE).write_text(json.dumps(references, indent=1) + "\n", encoding="utf-8")
     (dest / "edgevid.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     spec = synthetic.sample_clip_spec()
     synthetic.write_mp4(dest / SAMPLE_CLIP, synthetic.render_clip(spec), spec.fps)
