@@ -7,7 +7,8 @@ the checkpoint's own projections, norms and MLPs, but attention is written out h
 mask ``[frames, 1, 1, patches]`` (0 / finite large negative) is built once and added to the scores of
 every layer, instead of the boolean mask that torch's SDPA decomposition turns into ``Where`` + ``IsNaN``
 over the whole ``[frames, heads, patches, patches]`` score tensor in every layer (26% + 2% of the vision
-graph's time in onnxruntime, measured).
+graph's time in onnxruntime, measured). RMSNorms are written as a division by ``Sqrt`` (as in the
+decoder) so onnxruntime fuses them; transformers writes ``x * pow(ms, -0.5)``, which it does not.
 
 ``EmbedTokensGraph`` (the PyTorch reference for ``embed_graph``, which writes the ONNX graph by hand):
 ``input_ids`` -> ``inputs_embeds`` (scaled) and, for per-layer-input models, the
@@ -20,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
+
+from .decoder import rms_norm
 
 MASK_VALUE = -1.0e9
 
@@ -54,9 +57,10 @@ class VisionEncoderGraph(nn.Module):
         """Gemma4VisionAttention (eager numerics: scaling 1.0, fp32 softmax) with an additive mask."""
         shape = (*h.shape[:-1], -1, attn.head_dim)
         cos, sin = rope
-        q = apply_multidimensional_rope(attn.q_norm(attn.q_proj(h).view(shape)), cos, sin, positions).transpose(1, 2)
-        k = apply_multidimensional_rope(attn.k_norm(attn.k_proj(h).view(shape)), cos, sin, positions).transpose(1, 2)
-        v = attn.v_norm(attn.v_proj(h).view(shape)).transpose(1, 2)
+        q = apply_multidimensional_rope(rms_norm(attn.q_proj(h).view(shape), attn.q_norm), cos, sin, positions)
+        k = apply_multidimensional_rope(rms_norm(attn.k_proj(h).view(shape), attn.k_norm), cos, sin, positions)
+        v = rms_norm(attn.v_proj(h).view(shape), attn.v_norm).transpose(1, 2)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         groups = attn.num_key_value_groups
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
@@ -76,9 +80,9 @@ class VisionEncoderGraph(nn.Module):
         rope = encoder.rotary_emb(embeds, positions)
         h = embeds
         for layer in encoder.layers[: encoder.config.num_hidden_layers]:
-            attn_out = self._attention(layer.self_attn, layer.input_layernorm(h), rope, positions, mask)
-            h = h + layer.post_attention_layernorm(attn_out)
-            h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+            attn_out = self._attention(layer.self_attn, rms_norm(h, layer.input_layernorm), rope, positions, mask)
+            h = h + rms_norm(attn_out, layer.post_attention_layernorm)
+            h = h + rms_norm(layer.mlp(rms_norm(h, layer.pre_feedforward_layernorm)), layer.post_feedforward_layernorm)
         return h
 
     def forward(self, pixel_values, pixel_position_ids):
