@@ -25,7 +25,7 @@ from edgevid.server.worker import Job, ModelWorker
 
 log = logging.getLogger(__name__)
 
-DISCONNECT_POLL_SECONDS = 0.5     # how often a non-streamed request checks that its client is still there
+DISCONNECT_POLL_SECONDS = 0.1     # how often a non-streamed request checks that its client is still there
 
 
 @dataclass
