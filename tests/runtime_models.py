@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from reference_pixels import reference_pixels
 
 QUESTION = "What happens in this video?"
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
@@ -82,30 +83,6 @@ def write_test_clip(path: Path) -> Path:
 
 
 # ---- transformers side ------------------------------------------------------------------------------------
-def _torch_video_pixels(frames: np.ndarray):
-    """Gemma4VideoProcessor's steps for uint8 frames, with transformers' helpers (torchvision's uint8 bicubic
-    antialiased resize is torch's own ``interpolate`` kernel)."""
-    import torch
-    from transformers.models.gemma4 import image_processing_pil_gemma4 as tf
-
-    patch, pooling, max_patches = 16, 3, 70 * 9
-    h, w = tf.get_aspect_ratio_preserving_size(frames.shape[1], frames.shape[2], patch, max_patches, pooling)
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    if tuple(video.shape[-2:]) != (h, w):
-        video = torch.nn.functional.interpolate(video, size=[h, w], mode="bicubic", align_corners=False, antialias=True)
-    video = video.to(torch.float32) / torch.tensor([255.0] * 3).view(1, 3, 1, 1)
-    pixels, positions, soft = [], [], []
-    for frame in video.numpy():
-        patches = tf.convert_image_to_patches(frame, patch)
-        gx, gy = np.meshgrid(np.arange(w // patch), np.arange(h // patch), indexing="xy")
-        pos = np.stack([gx, gy], axis=-1).reshape(patches.shape[0], 2)
-        soft.append(patches.shape[0] // pooling**2)
-        patches, pos = tf.pad_along_first_dim(patches, pos, max_patches)
-        pixels.append(patches)
-        positions.append(pos)
-    return torch.from_numpy(np.stack(pixels)), torch.from_numpy(np.stack(positions)), soft
-
-
 def processor_inputs(checkpoint: Path, frames: np.ndarray, timestamps: np.ndarray, fps: float) -> dict:
     """input_ids + video tensors as Gemma4Processor builds them for one video and QUESTION.
 
@@ -132,7 +109,8 @@ def processor_inputs(checkpoint: Path, frames: np.ndarray, timestamps: np.ndarra
                               return_tensors="pt"))
     tok = AutoTokenizer.from_pretrained(checkpoint)
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    pixels, positions, soft = _torch_video_pixels(frames)
+    pixels, positions, soft = reference_pixels(frames, max_soft_tokens=70)
+    pixels, positions = torch.from_numpy(pixels), torch.from_numpy(positions)
     view = SimpleNamespace(boi_token=tok.boi_token, eoi_token=tok.eoi_token, video_token="<|video|>")
     assert len(set(soft)) == 1                      # frames of one video share one size
     video_inputs = {"num_soft_tokens_per_video": [soft[0]],

@@ -25,6 +25,7 @@ pytest.importorskip("transformers")
 from transformers.models.gemma4 import image_processing_pil_gemma4 as tf_pil  # noqa: E402
 
 from edgevid.errors import InvalidRequestError  # noqa: E402
+from reference_pixels import reference_pixels, torch_resize  # noqa: E402
 from edgevid.model.preprocess import (  # noqa: E402
     preprocess_image, preprocess_video, resize_bicubic_aa, target_size,
 )
@@ -51,36 +52,6 @@ def _frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
 
 
-def _torch_resize(frames: np.ndarray, h: int, w: int) -> "torch.Tensor":
-    """What torchvision v2 resize does for a uint8 CPU batch with BICUBIC and antialias=True."""
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2)           # transformers: NHWC numpy -> NCHW tensor
-    if tuple(video.shape[-2:]) == (h, w):
-        return video
-    return torch.nn.functional.interpolate(video, size=[h, w], mode="bicubic", align_corners=False, antialias=True)
-
-
-def _reference(frames: np.ndarray, max_soft_tokens: int, rescale: str):
-    """Gemma 4 processor steps with transformers' own helpers: (pixel_values, position_ids, soft tokens)."""
-    patch, pooling = 16, 3
-    max_patches = max_soft_tokens * pooling**2
-    h, w = tf_pil.get_aspect_ratio_preserving_size(frames.shape[1], frames.shape[2], patch, max_patches, pooling)
-    video = _torch_resize(frames, h, w)
-    if rescale == "normalize":   # video: fused rescale+normalize -> (x - 0) / 255 in float32
-        video = (video.to(torch.float32) - 0.0) / torch.tensor([255.0, 255.0, 255.0]).view(1, 3, 1, 1)
-    else:                        # image: do_normalize=False -> uint8 * (1/255)
-        video = video * (1 / 255)
-    pixel_values, positions, soft = [], [], []
-    for frame in video.numpy():
-        patches = tf_pil.convert_image_to_patches(frame, patch)
-        grid_x, grid_y = np.meshgrid(np.arange(w // patch), np.arange(h // patch), indexing="xy")
-        pos = np.stack([grid_x, grid_y], axis=-1).reshape(patches.shape[0], 2)
-        soft.append(patches.shape[0] // pooling**2)
-        patches, pos = tf_pil.pad_along_first_dim(patches, pos, max_patches)
-        pixel_values.append(patches)
-        positions.append(pos)
-    return np.stack(pixel_values), np.stack(positions), soft
-
-
 def _assert_same(ours, ref_pixels, ref_positions, ref_soft):
     assert ours.pixel_values.dtype == np.float32 and ours.position_ids.dtype == np.int64
     assert ours.pixel_values.shape == ref_pixels.shape
@@ -95,7 +66,7 @@ def _assert_same(ours, ref_pixels, ref_positions, ref_soft):
 def test_video_matches_gemma4_video_processor_steps(size):
     frames = _frames(3, *size, seed=sum(size))
     ours = preprocess_video(frames)
-    diff = _assert_same(ours, *_reference(frames, 70, "normalize"))
+    diff = _assert_same(ours, *reference_pixels(frames, 70, "normalize"))
     assert diff == 0.0    # the uint8 kernel is reproduced bit for bit
     assert ours.soft_tokens == [VIDEO_SIZES[size]] * 3
     assert ours.pixel_values.shape == (3, 630, 768)
@@ -124,12 +95,12 @@ def test_image_matches_gemma4_image_processor_pil(size):
 def test_image_matches_gemma4_image_processor_torchvision_steps(size):
     image = _frames(1, *size, seed=11 + size[1])[0]
     ours = preprocess_image(image)
-    _assert_same(ours, *_reference(image[None], 280, "scale"))
+    _assert_same(ours, *reference_pixels(image[None], 280, "scale"))
 
 
 def test_resize_is_torch_exact_on_both_memory_layouts():
     frames = _frames(2, 97, 203, seed=3)
-    ref = _torch_resize(frames, 144, 48).permute(0, 2, 3, 1).numpy()
+    ref = torch_resize(frames, 144, 48).permute(0, 2, 3, 1).numpy()
     ref_cl = torch.nn.functional.interpolate(
         torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), size=[144, 48], mode="bicubic",
         align_corners=False, antialias=True).permute(0, 2, 3, 1).numpy()
@@ -163,7 +134,7 @@ def test_other_budgets_follow_the_same_rule():
     frames = _frames(1, 360, 640, seed=9)
     for budget in (140, 280):
         ours = preprocess_video(frames, max_soft_tokens=budget)
-        _assert_same(ours, *_reference(frames, budget, "normalize"))
+        _assert_same(ours, *reference_pixels(frames, budget, "normalize"))
 
 
 @pytest.mark.parametrize("bad", [
