@@ -155,7 +155,7 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
         files = model_folder.graph_files(precision)
         for key in model_folder.GRAPH_NAMES:
             stages.run(f"{precision}: {files[key]}", quantize_graph,
-                       output / fp32_files[key], output / files[key], precision)
+                       output / fp32_files[key], output / files[key], precision, key == "embed_tokens")
         entry = dict(files, size_bytes=model_folder.files_size(output, files))
         if reference_onnx is not None:
             layout = DecoderLayout.from_text_config(config.get_text_config())

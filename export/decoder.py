@@ -18,6 +18,9 @@ transformers does through ``Cache`` objects and mask factories, because those do
   experts' weights (tokens x top_k <= experts: decode steps) and running every expert weighted (prefill).
 - RMSNorm is written as a division by ``Sqrt`` (ORT fuses it into SimplifiedLayerNormalization).
 - Masks are additive with a finite large negative value (never -inf).
+- Sliding layers attend only over the cache slots that can be inside the window of the current rows
+  (``rows + sliding_window - 1``), sliced from the full-length cache: exact (the others are masked to 0)
+  and prefill/decode no longer scale with the whole past on those layers.
 - ``num_logits_to_keep`` (scalar; 0 = all positions): only the last k rows go through the KV-shared layers
   (E2B/E4B: 20 of 35 layers) and the lm_head, as transformers does in ``generate``.
 """
@@ -196,7 +199,19 @@ class DecoderGraph(nn.Module):
             v = torch.cat([past[1], v], dim=2)
             present = (k, v)
             shared[i] = present
+        if self.layout.layer_types[i] == "sliding_attention":
+            k, v, mask = self._window(k, v, mask, s)
         return attn.o_proj(self._grouped_attention(q, k, v, mask, attn.scaling)), present
+
+    def _window(self, k, v, mask, rows):
+        """Sliding layers: only the last ``rows + sliding_window - 1`` cache slots can be inside the window
+        of any of the ``rows`` (last) query positions; the mask gives every earlier slot -1e9, whose
+        softmax weight is exactly 0, so dropping them is exact. The cache itself stays full length. Prefill
+        chunks and decode steps then attend over at most ``rows + window - 1`` slots, not the whole past."""
+        total = k.shape[2]
+        keep = torch.sym_min(total, rows + self.tc.sliding_window - 1)
+        start = total - keep
+        return k.narrow(2, start, keep), v.narrow(2, start, keep), mask.narrow(3, start, keep)
 
     @staticmethod
     def _grouped_attention(q, k, v, mask, scaling):

@@ -3,7 +3,9 @@
 The graph is two table lookups, but its tables are the biggest weights of E2B/E4B (the per-layer table is
 262,144 x 8,960 = 2.35 B values). Going through the exporter costs ~2.3x the weights in extra RAM
 (measured on the vision tower, see the README); here the tables are streamed from the torch storage
-straight into ``embed_tokens.onnx_data`` when they pass the 2 GB limit, so the extra RAM is ~0.
+straight into ``embed_tokens.onnx_data``, so the extra RAM is ~0. The tables always go there, at 64 KiB-aligned
+offsets (``mapped_tables``), whatever their size: onnxruntime then maps them instead of copying, and only
+the rows a prompt uses become resident.
 
 Semantics (same as ``encoders.EmbedTokensGraph``, which stays as the PyTorch reference):
 placeholder ids (image / video / audio) -> pad id; ``inputs_embeds = table[ids] * sqrt(hidden)``;
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .mapped_tables import mark_external, pad_to_alignment
+
 OPSET = 18
 CHUNK_ROWS = 8192
 
@@ -24,21 +28,18 @@ def _table(tensor) -> np.ndarray:
 
 
 def _external_tensor(name: str, array: np.ndarray, data_file, data_path: Path):
-    """TensorProto pointing into ``data_file`` (written now, in row chunks)."""
+    """TensorProto pointing into ``data_file`` (written now, in row chunks, from an aligned offset)."""
     from onnx import TensorProto
 
-    offset = data_file.tell()
+    offset = pad_to_alignment(data_file)
     for start in range(0, array.shape[0], CHUNK_ROWS):
         data_file.write(np.ascontiguousarray(array[start:start + CHUNK_ROWS]).tobytes())
     tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+    mark_external(tensor, data_path.name, offset, array.nbytes)
     return tensor
 
 
-def write_embed_graph(model, path: Path, two_gb: int) -> Path:
+def write_embed_graph(model, path: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper, save
 
     config = model.config
@@ -48,7 +49,6 @@ def write_embed_graph(model, path: Path, two_gb: int) -> Path:
     per_layer = bool(text_config.hidden_size_per_layer_input)
     if per_layer:
         tables["embed_tokens_per_layer.weight"] = _table(text.embed_tokens_per_layer.weight)
-    external = sum(t.nbytes for t in tables.values()) >= two_gb
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data_path = path.with_name(path.name + "_data")
@@ -90,13 +90,8 @@ def write_embed_graph(model, path: Path, two_gb: int) -> Path:
         ]
         outputs.append(helper.make_tensor_value_info("per_layer_inputs", TensorProto.FLOAT,
                                                      ["batch", "sequence", layers, dim]))
-    if external:
-        with open(data_path, "wb") as data_file:
-            big = [_external_tensor(name, array, data_file, data_path) for name, array in tables.items()]
-    else:
-        big = [numpy_helper.from_array(array, name) for name, array in tables.items()]
-        if data_path.exists():
-            data_path.unlink()
+    with open(data_path, "wb") as data_file:
+        big = [_external_tensor(name, array, data_file, data_path) for name, array in tables.items()]
     graph = helper.make_graph(
         nodes, "embed_tokens",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],

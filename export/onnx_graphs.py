@@ -84,8 +84,9 @@ def export_vision(model, path: Path, opset=None) -> Path:
 
 
 def export_embed_tokens(model, path: Path, opset=None) -> Path:
-    """Written by hand (``embed_graph``): two lookups, tables streamed to external data, no export copies."""
-    return write_embed_graph(model, path, TWO_GB)
+    """Written by hand (``embed_graph``): two lookups, tables streamed to ``embed_tokens.onnx_data`` at
+    aligned offsets (onnxruntime maps them), no export copies."""
+    return write_embed_graph(model, path)
 
 
 def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):

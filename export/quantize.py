@@ -11,7 +11,9 @@ own tools, plus ``top1_agreement`` to measure a variant against the fp32 decoder
   embedding tables (``GatherBlockQuantized``), RTN.
 
 Graphs stored with external data are read with it; a result whose weights pass 2 GB is written with
-``<name>.onnx_data`` beside it (the onnx-community layout), otherwise as one file.
+``<name>.onnx_data`` beside it (the onnx-community layout), otherwise as one file. ``mapped_tables=True``
+(the embedding graph) always writes ``<name>.onnx_data`` with its tables at aligned offsets, so that
+onnxruntime maps them instead of copying (see ``mapped_tables``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import onnx
 from onnx import numpy_helper
 
 from edgevid.errors import ExportError
+
+from .mapped_tables import save_with_mapped_tables
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,9 @@ _REGION_OPS = {"Add", "Sub", "Mul", "Where", "Unsqueeze", "Squeeze", "Reshape", 
 _REGION_LIMIT = 64
 
 
-def quantize_graph(src_onnx, dst_onnx, precision: str) -> Path:
-    """Write the ``precision`` variant of ``src_onnx`` to ``dst_onnx`` and return ``dst_onnx``.
+def quantize_graph(src_onnx, dst_onnx, precision: str, mapped_tables: bool = False) -> Path:
+    """Write the ``precision`` variant of ``src_onnx`` to ``dst_onnx`` and return ``dst_onnx``
+    (with its big initializers in ``dst_onnx``_data at aligned offsets when ``mapped_tables``).
 
     Raises ``ExportError`` for an unknown precision, a missing source, or a result that onnxruntime cannot
     load.
@@ -64,6 +69,8 @@ def quantize_graph(src_onnx, dst_onnx, precision: str) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     _remove_graph(dst)
     {"fp16": _to_fp16, "int8": _to_int8, "q4": _to_q4}[precision](src, dst)
+    if mapped_tables:
+        save_with_mapped_tables(load_graph(dst), dst)
     _check_loads(dst)
     return dst
 
