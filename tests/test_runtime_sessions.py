@@ -69,3 +69,23 @@ def test_trimmed_runs_equal_the_padded_graph_run(vision_graph):
                            for i in range(0, len(pixels), 4)])
     assert got.shape == want.shape == (int(np.sum(vision.soft_tokens)), want.shape[1])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_embedding_tables_are_mapped_from_aligned_external_data(vision_graph):
+    """The exporter writes the embedding tables (fp32 and every quantised variant) to
+    ``embed_tokens*.onnx_data`` at 64 KiB-aligned offsets, the layout onnxruntime memory-maps."""
+    import onnx
+
+    folder = vision_graph.parent
+    graphs = sorted(folder.glob("embed_tokens*.onnx"))
+    assert graphs
+    for path in graphs:
+        model = onnx.load(str(path), load_external_data=False)
+        tables = [t for t in model.graph.initializer if t.external_data]
+        assert tables, path.name
+        if path.name == "embed_tokens.onnx":
+            assert {"embed_tokens.weight", "embed_tokens_per_layer.weight"} <= {t.name for t in tables}
+        for tensor in tables:
+            entries = {e.key: e.value for e in tensor.external_data}
+            assert entries["location"] == path.name + "_data"
+            assert int(entries.get("offset", 0)) % (64 * 1024) == 0, (path.name, tensor.name)
