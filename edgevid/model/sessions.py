@@ -34,8 +34,10 @@ Session options (``session_options``), chosen on purpose:
   prefill: the arena (which grows by powers of two and keeps what it took) added 1.2 GB of RSS during
   prefill against 0.4 GB without it, and decode speed did not change (step tensors are small next to
   the matmuls). A vision arena would also stay reserved while the decoder runs.
-- after each vision run and each prefill chunk the freed heap is handed back to the OS
-  (``edgevid.model.heap.trim_heap``, glibc only): benchmark q4 peak RSS 569 -> 534 MB at 512-token chunks.
+- after loading each graph, each vision run and each prefill chunk the freed heap is handed back to the OS
+  (``edgevid.model.heap.trim_heap``, glibc only): benchmark q4 peak RSS 569 -> 534 MB at 512-token chunks;
+  after loading, the parsed decoder file (~330 MB of freed heap on the benchmark's fp32 decoder) otherwise
+  stayed resident until the first trim.
 """
 from __future__ import annotations
 
@@ -120,6 +122,7 @@ class GraphSession:
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelFolderError(f"cannot load {self.path.name}: {exc}", source=str(self.path)) from exc
+        trim_heap()                 # the parsed graph file and load-time copies are freed by now
         # graph inputs plus initializers a caller may override (e.g. the decoder's num_logits_to_keep,
         # which defaults to 0 = logits for every position)
         self.inputs = {arg.name: arg for arg in self.session.get_inputs()}
