@@ -1,8 +1,8 @@
 """Export the three graphs with ``torch.onnx.export(dynamo=True)``.
 
 Example inputs use sizes >= 2 on every dynamic axis (torch.export specialises 0 and 1); zero-length
-``past`` still runs in onnxruntime. Graphs whose weights exceed 2 GB are saved with external data
-(``<graph>.onnx_data``).
+``past`` still runs in onnxruntime. Weights are saved as aligned external data (``<graph>.onnx_data``)
+whatever their size, so that onnxruntime maps them (see ``_save``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .encoders import VisionEncoderGraph
 
 log = logging.getLogger(__name__)
 
-TWO_GB = 2 * 1024 ** 3
+TWO_GB = 2 * 1024 ** 3       # kept for callers; every graph is saved with external data now
 OPTIMIZE = True          # onnxscript's optimizer (constant folding, cleanup) before saving
 AUTO = torch.export.Dim.DYNAMIC     # dynamic, and an error (not a silent constant) if export specialises
 
@@ -43,30 +43,22 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes,
 
 
 def _save(program, path: Path) -> None:
-    """Save inline when small, with ``<name>.onnx_data`` beside it when the weights pass 2 GB."""
-    size = sum(int(t.const_value.nbytes) for t in program.model.graph.initializers.values() if t.const_value is not None)
+    """Graph in ``<name>.onnx``, weights in ``<name>.onnx_data`` beside it, every tensor over 1 MiB at a
+    64 KiB-aligned offset (whatever the size: not only past 2 GB). onnxruntime then maps the weights instead
+    of parsing them out of the graph file: loading the benchmark's 735 MB fp32 decoder peaked at
+    +0.97-1.35 GB over the RSS before it (varying run to run) inline, at +0.93 GB every time mapped,
+    with the same RSS once loaded. Streaming the weights out also keeps the export's own peak low."""
+    import onnx_ir
+
+    from .mapped_tables import ALIGNMENT
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    if size >= TWO_GB:
-        log.info("%s: %.2f GB of weights, saved as external data", path.name, size / 1024 ** 3)
-        program.save(str(path), external_data=True)
-        produced = path.with_name(path.name + ".data")
-        if produced.exists():                               # name it the onnx-community way
-            target = path.with_name(path.name + "_data")
-            _rename_external(path, produced.name, target.name)
-            produced.replace(target)
-    else:
-        program.save(str(path), external_data=False)
-
-
-def _rename_external(path: Path, old: str, new: str) -> None:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save(model, str(path))
+    data = path.with_name(path.name + "_data")
+    if data.exists():
+        data.unlink()
+    size = sum(int(t.const_value.nbytes) for t in program.model.graph.initializers.values() if t.const_value is not None)
+    log.info("%s: %.2f GB of weights -> %s", path.name, size / 1024 ** 3, data.name)
+    onnx_ir.save(program.model, str(path), external_data=data.name, alignment=ALIGNMENT)
 
 
 def export_vision(model, path: Path, opset=None) -> Path:
