@@ -85,6 +85,15 @@ def ask(*parts, text: str = "What happens in this video?") -> list[dict]:
 
 
 # ---- a loopback HTTP server for URL media ---------------------------------------------------------------
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):   # the fetcher hung up at its byte cap: expected
+            return
+        super().handle_error(request, client_address)
+
+
 class MediaHTTP:
     """Serves files from a folder: /files/<name>, /redirect?to=<url>, /chunked/<name> (no Content-Length),
     /stall/<name> (waits for ``release`` first)."""
@@ -129,8 +138,7 @@ class MediaHTTP:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
