@@ -147,7 +147,7 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
     if not others:
         return entries
     try:
-        from .quantize import quantize_graph
+        from .quantize import quantize_graph, scheme_for
     except ImportError as exc:
         raise ExportError(f"precision {', '.join(others)} needs edgevid_export.quantize, which is missing ({exc})") from exc
     fp32_files = model_folder.graph_files("fp32")
@@ -155,8 +155,9 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
         files = model_folder.graph_files(precision)
         for key in model_folder.GRAPH_NAMES:
             stages.run(f"{precision}: {files[key]}", quantize_graph,
-                       output / fp32_files[key], output / files[key], precision, key == "embed_tokens")
-        entry = dict(files, size_bytes=model_folder.files_size(output, files))
+                       output / fp32_files[key], output / files[key], precision, key == "embed_tokens", key)
+        entry = dict(files, size_bytes=model_folder.files_size(output, files),
+                     schemes={key: scheme_for(precision, key) for key in model_folder.GRAPH_NAMES})
         if reference_onnx is not None:
             layout = DecoderLayout.from_text_config(config.get_text_config())
             prompt = build_parity_prompt(config)

@@ -251,6 +251,8 @@ def test_quantised_precisions_are_measured(exported):
         for key in ("vision_encoder", "embed_tokens", "decoder"):
             assert (folder / entry[key]).is_file()
     assert entries["fp16"]["top1_agreement"] >= 0.9          # fp16 barely moves a tiny model's argmax
+    assert entries["q4"]["schemes"] == {"vision_encoder": "int8", "embed_tokens": "q4", "decoder": "q4"}
+    assert entries["int8"]["schemes"] == dict.fromkeys(("vision_encoder", "embed_tokens", "decoder"), "int8")
     assert entries["fp16"]["prefill_max_abs_diff_vs_fp32"] < 0.1
 
 
