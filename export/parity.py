@@ -5,6 +5,14 @@ side's own; the runtime package has the real one). ``check_parity`` runs the sam
 prompt (``ParityPrompt``: real vision features through the vision graph, longer than the sliding window)
 through both, compares the prefill logits and then greedy-decodes ``steps`` tokens on each side (KV-cache
 decode through the ONNX decoder vs transformers' forward with its own cache).
+
+The logits limit is ``tolerance`` (1e-4) or, when PyTorch disagrees with itself by more than that,
+``NOISE_FACTOR`` times that disagreement: :func:`torch_noise` runs the reference prefill a second time with
+the other attention implementation (sdpa <-> eager), which changes only the order of fp32 operations. On a
+tiny model that spread is ~1e-6 and the limit stays 1e-4; on the 258M random E2B-shaped bench model it is
+1.0e-3 (fp32 rounding grows with width and depth) and the exported graphs differ by 4.2e-3 with every token
+identical, which a fixed 1e-4 refused.
+Greedy tokens must match exactly either way.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from .decoder import DecoderLayout
 from .parity_prompt import ParityPrompt
 
 FP32_TOLERANCE = 1e-4
+NOISE_FACTOR = 10.0     # measured ONNX diff / PyTorch's own spread: 2.1 (hidden 512), 4.2 (258M bench model)
 
 
 @dataclass(frozen=True)
@@ -28,13 +37,18 @@ class ParityReport:
     first_mismatch: int | None
     prompt_tokens: int
     tolerance: float
+    torch_noise: float = 0.0        # PyTorch's own prefill spread across attention implementations
+
+    @property
+    def limit(self) -> float:
+        return max(self.tolerance, NOISE_FACTOR * self.torch_noise)
 
     @property
     def passed(self) -> bool:
-        return self.greedy_match and self.prefill_max_abs_diff <= self.tolerance
+        return self.greedy_match and self.prefill_max_abs_diff <= self.limit
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"passed": self.passed}
+        return asdict(self) | {"limit": self.limit, "passed": self.passed}
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,7 @@ class Decoded:
     prefill_logits: np.ndarray      # [seq, vocab] float32
     tokens: list                    # greedy continuation
     features: np.ndarray            # vision features [soft_tokens, hidden]
+    noise: float = 0.0              # reference only: see torch_noise
 
 
 def _session(path: Path):
@@ -132,7 +147,7 @@ class OnnxGemma:
         return Decoded(prefill, tokens, features)
 
 
-def torch_greedy(model, prompt: ParityPrompt, steps: int) -> Decoded:
+def torch_greedy(model, prompt: ParityPrompt, steps: int, vision: bool = True) -> Decoded:
     """transformers' own forward: prefill with the video, then one token at a time on its cache."""
     import torch
 
@@ -156,10 +171,29 @@ def torch_greedy(model, prompt: ParityPrompt, steps: int) -> Decoded:
             cache = out.past_key_values
             length += 1
             tokens.append(int(out.logits[0, -1].argmax()))
-        features = model.model.get_video_features(
-            pixel_values, positions, num_frames_per_video=torch.tensor([prompt.num_frames])).pooler_output
-        features = torch.cat(features, dim=0).float().numpy()
+        features = np.zeros((0,), np.float32)
+        if vision:
+            features = model.model.get_video_features(
+                pixel_values, positions, num_frames_per_video=torch.tensor([prompt.num_frames])).pooler_output
+            features = torch.cat(features, dim=0).float().numpy()
     return Decoded(prefill, tokens, features)
+
+
+def torch_noise(model, prompt: ParityPrompt, reference: Decoded) -> float:
+    """Max |diff| between ``reference``'s prefill logits and the same prefill with the other attention
+    implementation (sdpa <-> eager): how far PyTorch's fp32 result moves when only the order of operations
+    changes. 0.0 when the model cannot switch."""
+    current = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    other = "eager" if current != "eager" else "sdpa"
+    try:
+        model.set_attn_implementation(other)
+    except (ValueError, ImportError, AttributeError):
+        return 0.0
+    try:
+        again = torch_greedy(model, prompt, 1, vision=False)
+    finally:
+        model.set_attn_implementation(current)
+    return float(np.abs(reference.prefill_logits - again.prefill_logits).max())
 
 
 def compare(reference: Decoded, candidate: Decoded, tolerance: float = FP32_TOLERANCE) -> ParityReport:
@@ -174,6 +208,7 @@ def compare(reference: Decoded, candidate: Decoded, tolerance: float = FP32_TOLE
         first_mismatch=mismatch,
         prompt_tokens=int(reference.prefill_logits.shape[0]),
         tolerance=tolerance,
+        torch_noise=reference.noise,
     )
 
 
