@@ -1,8 +1,11 @@
 """Exportable wrappers for the two small graphs: ``VisionEncoderGraph`` and ``EmbedTokensGraph``.
 
-``VisionEncoderGraph``: the checkpoint's vision tower plus ``embed_vision``; padding patches are dropped
-inside the graph, so ``image_features`` is [soft_tokens, text_hidden] for all frames together, in frame
-order (what transformers scatters into the image/video placeholder positions). The encoder layers run
+``VisionEncoderGraph``: the checkpoint's vision tower plus ``embed_vision``. ``image_features`` is
+[frames, pooled_slots, text_hidden] (pooled_slots = patches / pooling area): each frame's real soft tokens
+come first, the slots past them (padding) follow, and the runtime keeps each frame's first
+``real patches / pooling area`` rows (what transformers scatters into the image/video placeholder
+positions). No data-dependent shape: OpenVINO mis-shaped the earlier in-graph ``pooled[valid]`` selection
+(4 rows for 280), which forced the runtime back to the CPU provider for vision. The encoder layers run
 the checkpoint's own projections, norms and MLPs, but attention is written out here: one additive float
 mask ``[frames, 1, 1, patches]`` (0 / finite large negative) is built once and added to the scores of
 every layer, instead of the boolean mask that torch's SDPA decomposition turns into ``Where`` + ``IsNaN``
@@ -89,8 +92,7 @@ class VisionEncoderGraph(nn.Module):
         padding = (pixel_position_ids == -1).all(dim=-1)
         embeds = self.tower.patch_embedder(pixel_values, pixel_position_ids, padding)
         hidden = self._encode(embeds, pixel_position_ids, padding)
-        pooled, valid = self._pool(hidden, pixel_position_ids, padding)
-        features = pooled[valid]                                                                # [soft_tokens, H]
+        features, _ = self._pool(hidden, pixel_position_ids, padding)                          # [F, L, H]
         if self.standardize:
             features = (features - self.tower.std_bias.float()) * self.tower.std_scale.float()
         return self.embed_vision(inputs_embeds=features.to(embeds.dtype))

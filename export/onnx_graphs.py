@@ -36,10 +36,32 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes,
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(args), None, **kwargs)
+    integer_clips_as_max(program.model.graph)
     _save(program, path)
     del program
     gc.collect()
     return path
+
+
+def integer_clips_as_max(graph) -> int:
+    """Rewrite ``Clip(x, min)`` with no ``max`` on integer tensors as ``Max(x, min)`` (same result). torch
+    exports ``positions.clamp(min=0)`` that way, and OpenVINO's CPU plugin (onnxruntime-openvino 1.24) returns
+    wrong values for it: the vision encoder's patch positions came back altered and every feature was off.
+    Returns the number of nodes rewritten."""
+    import onnx_ir as ir
+
+    integer = {ir.DataType.INT64, ir.DataType.INT32}
+    count = 0
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        inputs = node.inputs
+        if node.op_type != "Clip" or node.domain not in ("", "ai.onnx") or len(inputs) < 2 or inputs[1] is None:
+            continue
+        if (len(inputs) > 2 and inputs[2] is not None) or inputs[0] is None or inputs[0].dtype not in integer:
+            continue
+        node.resize_inputs(2)
+        node.op_type = "Max"
+        count += 1
+    return count
 
 
 def _save(program, path: Path) -> None:

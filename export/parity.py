@@ -94,8 +94,15 @@ class OnnxGemma:
         return [o.astype(np.float32) if o.dtype == np.float16 else o for o in session.run(None, cast)]
 
     def encode_vision(self, prompt: ParityPrompt) -> np.ndarray:
-        return self._run(self.vision, {"pixel_values": prompt.pixel_values,
-                                       "pixel_position_ids": prompt.pixel_position_ids})[0]
+        """[soft_tokens, hidden]: each frame's real rows of the graph's [frames, slots, hidden] output (graphs
+        exported before that layout return the 2-D rows directly)."""
+        positions = prompt.pixel_position_ids
+        features = self._run(self.vision, {"pixel_values": prompt.pixel_values, "pixel_position_ids": positions})[0]
+        if features.ndim == 2:
+            return features
+        pool_area = positions.shape[1] // features.shape[1]
+        counts = (positions != -1).all(axis=-1).sum(axis=-1) // pool_area
+        return np.concatenate([frame[:n] for frame, n in zip(features, counts)], axis=0)
 
     def _embed(self, input_ids: np.ndarray):
         out = self._run(self.embed, {"input_ids": input_ids})

@@ -90,8 +90,13 @@ def test_e2b_graph_contract(exported):
     assert "input_ids" not in inputs and "per_layer_inputs" in inputs
     assert inputs["past_key_values.0.key"].shape[1:] == [2, inputs["past_key_values.0.key"].shape[2], 16]
     assert inputs["past_key_values.1.key"].shape[3] == 32                   # global head dim
-    _, outputs, _ = _io(folder / "vision_encoder.onnx")
+    _, outputs, session = _io(folder / "vision_encoder.onnx")
     assert outputs == ["image_features"]
+    assert len(session.get_outputs()[0].shape) == 3                         # [frames, slots, hidden]: static rows
+    import onnx
+
+    vision_ops = {n.op_type for n in onnx.load(str(folder / "vision_encoder.onnx"), load_external_data=False).graph.node}
+    assert "Clip" not in vision_ops and "Max" in vision_ops   # clamp(min=0) on positions as Max (OpenVINO-safe)
 
 
 def test_bidirectional_graph_reads_input_ids(exported):

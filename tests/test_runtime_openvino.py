@@ -58,4 +58,6 @@ def test_openvino_replays_transformers_greedy_tokens(shape, openvino_available):
     stream.close()
     result = pipeline.chat(messages, options)
     assert list(result.token_ids) == expected["token_ids"]
+    # the vision graph has static output shapes, so OpenVINO runs it too (no fallback to the CPU provider)
+    assert pipeline.vision.provider == "OpenVINOExecutionProvider"
     assert result.text == expected["text"]
