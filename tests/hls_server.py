@@ -13,34 +13,23 @@ import io
 import threading
 import time
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import av
 
 from clips import frame_image
+from loopback_server import LoopbackServer
 
 
-class HLSServer:
+class HLSServer(LoopbackServer):
+    PATH = "/live.m3u8"
+
     def __init__(self, *, fps: int = 10, size: tuple[int, int] = (160, 120), listed: int = 3):
         self.fps, self.size, self.listed = fps, size, listed
         self.started = time.monotonic()
         self._segments: dict[int, bytes] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hls-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/live.m3u8"
-
-    def __enter__(self) -> "HLSServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__("hls-server")
 
     def playlist(self) -> bytes:
         newest = int(time.monotonic() - self.started) + self.listed      # segments 0..listed-1 exist at once

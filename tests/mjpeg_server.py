@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import cv2
 import numpy as np
 
 from clips import frame_image
+from loopback_server import LoopbackServer
 
 BOUNDARY = "edgevidframe"
 
 
-class MJPEGServer:
+class MJPEGServer(LoopbackServer):
+    PATH = "/stream.mjpg"
+
     def __init__(self, *, fps: float = 10.0, size: tuple[int, int] = (160, 120), quality: int = 90):
         self.fps = fps
         self.size = size
@@ -34,22 +37,11 @@ class MJPEGServer:
         self._down = threading.Event()
         self._stalled = threading.Event()
         self._jpegs: dict[int, bytes] = {}
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mjpeg-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/stream.mjpg"
-
-    def __enter__(self) -> "MJPEGServer":
-        self._thread.start()
-        return self
+        super().__init__("mjpeg-server")
 
     def __exit__(self, *exc) -> None:
         self._down.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__exit__(*exc)
 
     def drop(self) -> None:
         self._down.set()
