@@ -19,6 +19,7 @@ import onnxruntime as ort  # noqa: E402
 
 from edgevid.errors import ExportError  # noqa: E402
 from edgevid_export.convert import export_model  # noqa: E402
+from edgevid_export.parity import NOISE_FACTOR  # noqa: E402
 from gemma_configs import ALL_CONFIGS, SLIDING_WINDOW, SPECIAL_IDS, save_random_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,10 @@ def test_export_passes_parity_gate(exported, shape):
     assert parity["greedy_steps"] == 32 and parity["greedy_match"] is True
     assert parity["prompt_tokens"] > SLIDING_WINDOW                   # the window is exercised
     assert parity["vision_max_abs_diff"] <= 1e-5
-    assert parity["torch_noise"] < 1e-5 and parity["limit"] == 1e-4   # tiny models keep the strict bar
+    # tiny models: PyTorch's own sdpa/eager spread is 1e-6 (AVX-512 CPU) to 1.5e-5 (AVX2 EPYC), far below the
+    # 258M bench model's 1e-3, and the diff above is held to the strict 1e-4 whatever the gate's limit
+    assert parity["torch_noise"] < 5e-5
+    assert parity["limit"] == max(1e-4, NOISE_FACTOR * parity["torch_noise"])
     for stage in ("vision encoder", "embed tokens", "decoder", "parity gate"):
         assert any(stage in line and "done in" in line for line in lines), stage
     fp32 = manifest["precisions"]["fp32"]
