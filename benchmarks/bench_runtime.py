@@ -127,6 +127,8 @@ def run_torch(workdir: Path, threads: int) -> dict:
     import torch
     from transformers import Gemma4ForConditionalGeneration
 
+    from edgevid_export.parity import cache_of, with_cache
+
     torch.set_num_threads(threads)
     data = np.load(workdir / "inputs.npz")
     model = Gemma4ForConditionalGeneration.from_pretrained(workdir / "checkpoint", dtype=torch.float32).eval()
@@ -143,14 +145,14 @@ def run_torch(workdir: Path, threads: int) -> dict:
         def first_token():
             out = model(input_ids=ids, pixel_values_videos=pv, video_position_ids=pos, num_frames_per_video=frames,
                         mm_token_type_ids=(ids == video).long() * 2, use_cache=True, logits_to_keep=1)
-            return out.logits[0, -1].argmax(), out.past_key_values
+            return out.logits[0, -1].argmax(), cache_of(out)
 
         def decode(first):
             token, cache = first
             tokens = [int(token)]
             for _ in range(DECODE_TOKENS):
-                out = model(input_ids=token.view(1, 1), past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = model(input_ids=token.view(1, 1), **with_cache(model, cache), use_cache=True)
+                cache = cache_of(out)
                 token = out.logits[0, -1].argmax()
                 tokens.append(int(token))
             return tokens

@@ -154,6 +154,21 @@ class OnnxGemma:
         return Decoded(prefill, tokens, features)
 
 
+def with_cache(model, cache) -> dict:
+    """The keyword that hands a KV cache back to ``model.forward``: ``cache`` from transformers 5.24 on
+    (``past_key_values`` warns there and goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def cache_of(output):
+    """The KV cache a forward returned (``output.cache`` from 5.24 on, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def torch_greedy(model, prompt: ParityPrompt, steps: int, vision: bool = True) -> Decoded:
     """transformers' own forward: prefill with the video, then one token at a time on its cache."""
     import torch
@@ -167,15 +182,15 @@ def torch_greedy(model, prompt: ParityPrompt, steps: int, vision: bool = True) -
                     mm_token_type_ids=torch.from_numpy(prompt.mm_token_type_ids),
                     attention_mask=torch.ones_like(ids), use_cache=True)
         prefill = out.logits[0].float().numpy()
-        cache = out.past_key_values
+        cache = cache_of(out)
         tokens = [int(prefill[-1].argmax())]
         length = ids.shape[1]
         for _ in range(steps - 1):
             step = torch.tensor([[tokens[-1]]])
-            out = model(input_ids=step, past_key_values=cache, use_cache=True,
+            out = model(input_ids=step, **with_cache(model, cache), use_cache=True,
                         attention_mask=torch.ones(1, length + 1, dtype=torch.long),
                         position_ids=torch.tensor([[length]]))
-            cache = out.past_key_values
+            cache = cache_of(out)
             length += 1
             tokens.append(int(out.logits[0, -1].argmax()))
         features = np.zeros((0,), np.float32)
