@@ -313,6 +313,18 @@ def questions_for(spec: ClipSpec, rng: np.random.Generator | None = None) -> lis
     return out
 
 
+def all_questions(spec: ClipSpec, rng: np.random.Generator | None = None) -> list[QA]:
+    """Every question the clip supports, each in a random phrasing: describe and count once, colour, shape
+    and direction once per shape (asking about each shape of the same clip is what teaches the model to
+    tell them apart)."""
+    rng = rng or np.random.default_rng(spec.seed)
+    out = []
+    for kind in QUESTION_KINDS:
+        for index in (range(len(spec.shapes)) if kind in ("colour", "shape", "direction") else (0,)):
+            out.append(question(spec, kind, index, int(rng.integers(len(QUESTION_FORMS[kind])))))
+    return out
+
+
 def vocabulary() -> list[str]:
     """Every word the questions and answers use (lower-case, punctuation split off), sorted."""
     words: set[str] = set()

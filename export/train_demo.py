@@ -7,10 +7,14 @@ Steps: (1) a Gemma 4 tokenizer laid out like the demo helper's (same special tok
 byte-fallback BPE) whose merges are learned over the demo corpus plus the task's sentences, so every task
 word is one piece; (2) a ``Gemma4ForConditionalGeneration`` of the real architecture (per-layer inputs,
 KV sharing, sliding + full attention, vision tower with patch 16 / pooling 3), small enough to learn the
-task in minutes; (3) training on freshly generated clips (``edgevid_export.synthetic``) that go through
-the runtime's own path: H.264 MP4 -> ``edgevid.media.sample_video`` -> ``edgevid.model.preprocess`` ->
-the chat template with per-frame ``mm:ss <|image>…<image|>`` expansion; the loss covers answer tokens
-only; (4) ``save_pretrained`` into ``output/checkpoint`` and ``export_model`` into ``output``.
+task in minutes, its vision tower re-initialised so soft tokens carry patch content and position;
+(3) stage 0: the vision tower alone on single rendered frames with dense targets (colour / shape per soft
+token and per object, position); (4) stages 1 and 2 on freshly generated clips (``edgevid_export.synthetic``)
+that go through the runtime's own path: H.264 MP4 -> ``edgevid.media.sample_video`` ->
+``edgevid.model.preprocess`` -> the chat template with per-frame ``mm:ss <|image>…<image|>`` expansion; the
+loss covers answer tokens only, plus training aids whose probes are thrown away (see ``DemoRecipe``); every
+clip's five questions share one forward of its prompt prefix through the KV cache; (5) ``save_pretrained``
+into ``output/checkpoint`` and ``export_model`` into ``output``.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +36,11 @@ TRAIN_SEED_STRIDE = 100_003
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    """Everything that determines the trained demo (change it and the shipped files must be rebuilt)."""
+    """Everything that determines the trained demo (change it and the shipped files must be rebuilt).
+
+    The defaults are the recipe of the shipped model (``edgevid/demo``), so ``edgevid export --demo``
+    rebuilds it. ``CANDIDATE`` below is the recipe under work (faster steps, better-conditioned start,
+    more training aids); it replaces the defaults once a model trained with it answers better."""
     seed: int = 0
     num_frames: int = 4                  # frames sampled per video, recorded in edgevid.json / processor_config
     max_soft_tokens: int = 70            # per frame (Gemma 4's smallest budget; 160x120 -> 63 tokens)
@@ -53,6 +61,51 @@ class DemoRecipe:
     stage2_steps: int = 1200
     stage2_lr: float = 1e-3
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
+
+    # --- off in the shipped recipe (0 / False), on in CANDIDATE -------------------------------------------
+    # shared_prefix: a clip's questions run on one forward of its prompt prefix (template + video) through
+    # the KV cache (same gradients as separate sequences, fewer tokens per step); the aids below need it
+    shared_prefix: bool = False
+    every_question: bool = False         # ask every question a clip supports (synthetic.all_questions)
+    # start_vision_tower: Gemma 4's default init (position table all ones, 0.02 patch projection) makes
+    # ~97% of every soft token one shared, position-independent vector; these give the tokens their content
+    vision_position_std: float = 0.0     # position-embedding table ~ N(0, std^2)
+    vision_patch_std: float = 0.0        # patch input projection ~ N(0, std^2)
+    vision_post_norm: float = 0.0        # vision layers' post-attention / post-MLP norm weights
+    # start_language_model: at Gemma 4's init (0.02) token and soft-token embeddings enter the residual
+    # stream at rms ~0.16 while the first layer adds ~1.7, so what a token is, and what a frame shows,
+    # is ~10% of its state after one layer; the model spends many steps growing them back
+    text_embed_std: float = 0.0          # token embeddings (x sqrt(hidden) in Gemma); 0.1 -> rms ~0.8
+    soft_token_std: float = 0.0          # embed_vision projection of the (normalised) soft tokens
+    text_post_norm: float = 0.0          # decoder layers' post-attention / MLP / per-layer-input norm weights
+    # stage 0 (pretrain_vision): the vision tower alone on single rendered frames, dense targets only
+    vision_steps: int = 0
+    vision_frames_per_step: int = 8
+    vision_lr: float = 3e-3
+    # stage 1 only: colour / shape probes on the language model's hidden state at every video token
+    lm_probe_layer: int = 2              # hidden_states index (output of decoder layer lm_probe_layer - 1)
+    lm_probe_weight: float = 0.0
+    # track probe (see track_loss): at every answer position, the hidden state after track_layer decoder
+    # layers gives the (x, y) of the object the question is about in the first and the last frame
+    track_layer: int = 3
+    track_weight: float = 0.0
+    # attention supervision (see attention_loss): in decoder layer attend_layer, at every answer position,
+    # head 0 looks at the asked-about object in the first frame and head 1 at it in the last frame
+    attend_layer: int = 2
+    attend_weight: float = 0.0
+
+    def __post_init__(self):
+        aids = ("every_question", "lm_probe_weight", "track_weight", "attend_weight")
+        if not self.shared_prefix and any(getattr(self, name) for name in aids):
+            raise ValueError(f"{', '.join(aids)} need shared_prefix=True")
+
+
+# The recipe under work (see DemoRecipe); measured in the trained-demo issue's notes.
+CANDIDATE = DemoRecipe(shared_prefix=True, every_question=True, sliding_window=512,
+                       vision_position_std=0.2, vision_patch_std=0.05, vision_post_norm=0.1,
+                       text_embed_std=0.1, soft_token_std=0.1, vision_steps=400, lm_probe_weight=0.5,
+                       track_weight=1.0)
+RECIPES = {"shipped": DemoRecipe(), "candidate": CANDIDATE}
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -172,6 +225,7 @@ class EncodedClip:
     colour_targets: np.ndarray    # f32 [N * soft tokens, colours + 1] area fractions (training aid)
     shape_targets: np.ndarray     # f32 [N * soft tokens, shapes + 1]
     xy_targets: np.ndarray        # f32 [N * soft tokens, 2]
+    frame_indices: np.ndarray | None = None   # which frames of the clip were sampled
 
 
 def sample_frames(path: Path, num_frames: int):
@@ -191,7 +245,7 @@ def encode_clip(spec: synthetic.ClipSpec, recipe: DemoRecipe, workdir: Path) -> 
     vision = preprocess_video(sampled.frames, max_soft_tokens=recipe.max_soft_tokens)
     colour, shape, xy = dense_targets(spec, sampled.indices, vision.position_ids)
     return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens),
-                       sampled.timestamps, colour, shape, xy)
+                       sampled.timestamps, colour, shape, xy, np.asarray(sampled.indices))
 
 
 def dense_targets(spec: synthetic.ClipSpec, indices, position_ids: np.ndarray, pooling: int = 3):
@@ -253,6 +307,11 @@ class PromptBuilder:
         target = self.tokenizer.encode(answer + self.end_of_turn, add_special_tokens=False).ids
         return prompt + target, len(prompt)
 
+    def prefix_length(self, ids) -> int:
+        """Length of the part every question about one clip shares: up to the last ``<image|>``."""
+        eoi = self.tokenizer.token_to_id(self.eoi)
+        return len(ids) - list(reversed(ids)).index(eoi)
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
@@ -261,14 +320,18 @@ def train_seed(recipe: DemoRecipe, step: int, k: int) -> int:
     return (recipe.seed * 7_919 + step * recipe.clips_per_step + k) % HELD_OUT_SEED_BASE
 
 
+def vision_seed(recipe: DemoRecipe, step: int, k: int) -> int:
+    return (recipe.seed * 7_919 + 5_000_000 + step * recipe.vision_frames_per_step + k) % HELD_OUT_SEED_BASE
+
+
 def held_out_specs(count: int, offset: int = 0) -> list[synthetic.ClipSpec]:
     return [synthetic.make_clip_spec(HELD_OUT_SEED_BASE + offset + i) for i in range(count)]
 
 
 # ----------------------------------------------------------------------------------------------- training
 
-def _batch(clips: list[EncodedClip], prompts: PromptBuilder, rng: np.random.Generator, pad_id: int):
-    """Token batch for every (clip, question) pair; labels only on answer tokens (and <turn|>)."""
+def _full_batch(clips: list[EncodedClip], prompts: PromptBuilder, rng: np.random.Generator, pad_id: int):
+    """``shared_prefix=False``: one full sequence per (clip, question) pair; labels only on answer tokens."""
     import torch
 
     rows, starts, owners = [], [], []
@@ -288,7 +351,7 @@ def _batch(clips: list[EncodedClip], prompts: PromptBuilder, rng: np.random.Gene
     return input_ids, labels, mask, owners, keep
 
 
-def _forward(model, clips: list[EncodedClip], input_ids, mask, owners, keep: int = 0):
+def _full_forward(model, clips: list[EncodedClip], input_ids, mask, owners, keep: int = 0):
     """Vision tower once per clip; its features reused by every question about that clip. ``keep`` > 0:
     logits for the last ``keep`` positions only (where the answers are)."""
     import torch
@@ -305,6 +368,167 @@ def _forward(model, clips: list[EncodedClip], input_ids, mask, owners, keep: int
     return logits, encoded.last_hidden_state
 
 
+@dataclass
+class ClipBatch:
+    """Every question about one clip, sharing the clip's prompt prefix (template + video): ``prefix`` [1, P]
+    runs once, its KV cache is repeated for the ``suffix`` rows [Q, S] (question, answer, right padding)."""
+    prefix: "torch.Tensor"
+    suffix: "torch.Tensor"
+    labels: "torch.Tensor"       # -100 except answer tokens (and <turn|>)
+    mask: "torch.Tensor"         # 1 on real suffix tokens
+    kinds: list
+    referents: list              # per row: index into spec.shapes of the object asked about, or None
+
+
+def clip_batch(clip: EncodedClip, prompts: PromptBuilder, rng: np.random.Generator, pad_id: int,
+               every_question: bool = False) -> ClipBatch:
+    """One question of every kind about ``clip`` (``synthetic.questions_for``; ``every_question``: all of
+    them, ``synthetic.all_questions``), split at the shared prefix; labels only on answer tokens (and <turn|>)."""
+    import torch
+
+    prefix, rows, kinds, referents = None, [], [], []
+    questions = synthetic.all_questions if every_question else synthetic.questions_for
+    for qa in questions(clip.spec, rng):
+        ids, start = prompts.encode(qa.question, qa.answer, clip.timestamps, clip.soft_tokens)
+        cut = prompts.prefix_length(ids)
+        if prefix is None:
+            prefix = ids[:cut]
+        elif ids[:cut] != prefix:           # the question never changes the video part of the prompt
+            raise RuntimeError("questions about one clip do not share their prompt prefix")
+        rows.append((ids[cut:], start - cut))
+        kinds.append(qa.kind)
+        referents.append(referent(clip.spec, qa))
+    width = max(len(r) for r, _ in rows)
+    suffix = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, start) in enumerate(rows):
+        suffix[i, :len(ids)] = torch.tensor(ids)
+        labels[i, start:len(ids)] = torch.tensor(ids[start:])
+        mask[i, :len(ids)] = 1
+    return ClipBatch(torch.tensor([prefix]), suffix, labels, mask, kinds, referents)
+
+
+def referent(spec: synthetic.ClipSpec, qa: synthetic.QA) -> int | None:
+    """The shape a question is about: the one it names (colour, direction: by kind; shape: by colour), the
+    mover for "what happens"; None for counting and for a still clip's description."""
+    words = f" {qa.question.lower().replace('?', ' ').replace('.', ' ')} "
+    for i, s in enumerate(spec.shapes):
+        if (qa.kind in ("colour", "direction") and f" {s.kind} " in words) or \
+                (qa.kind == "shape" and f" {s.colour} " in words):
+            return i
+    return spec.mover if qa.kind == "describe" else None
+
+
+def track_targets(clip: EncodedClip, index: int) -> np.ndarray:
+    """(x, y) of shape ``index`` in the first and the last sampled frame, as fractions of width / height."""
+    spec, shape = clip.spec, clip.spec.shapes[index]
+    out = []
+    for frame in (clip.frame_indices[0], clip.frame_indices[-1]):
+        x, y = synthetic.shape_center(shape, frame / max(spec.frame_count - 1, 1))
+        out += [x / spec.width, y / spec.height]
+    return np.array(out, np.float32)
+
+
+def referent_tokens(clip: EncodedClip, index: int, frame: int, covered: float = 0.1) -> np.ndarray:
+    """Indices (within the clip's soft tokens) of the tokens of ``frame`` that show shape ``index``."""
+    per_frame = len(clip.shape_targets) // len(clip.soft_tokens)
+    column = 1 + synthetic.SHAPES.index(clip.spec.shapes[index].kind)
+    coverage = clip.shape_targets[frame * per_frame:(frame + 1) * per_frame, column]
+    return frame * per_frame + np.nonzero(coverage > covered)[0]
+
+
+def attention_loss(weights: list, batches: list[ClipBatch], clips: list[EncodedClip]):
+    """-log of the attention mass head 0 (head 1) of ``attend_layer`` puts on the asked-about object's video
+    tokens in the first (last) frame, averaged over answer positions; colour, shape and direction questions
+    (their object is named in the question). ``weights``: per clip, the suffix call's [Q, heads, S, P + S]."""
+    import torch
+
+    losses = []
+    for attn, batch, clip in zip(weights, batches, clips):
+        video = torch.nonzero(batch.prefix[0] == clip_video_id()).squeeze(-1)
+        for row, (kind, index) in enumerate(zip(batch.kinds, batch.referents)):
+            if index is None or kind not in ("colour", "shape", "direction"):
+                continue
+            queries = torch.nonzero(batch.labels[row, 1:] != -100).squeeze(-1)
+            for head, frame in ((0, 0), (1, len(clip.soft_tokens) - 1)):
+                tokens = referent_tokens(clip, index, frame)
+                if len(tokens):
+                    mass = attn[row, head][queries][:, video[torch.from_numpy(tokens)]].sum(-1)
+                    losses.append(-torch.log(mass.float() + 1e-4).mean())
+    return torch.stack(losses).mean() if losses else torch.zeros(())
+
+
+def clip_video_id() -> int:
+    from .demo import demo_token_ids
+
+    return demo_token_ids().video
+
+
+def track_loss(heads, outputs, batches: list[ClipBatch], clips: list[EncodedClip]):
+    """Mean squared error of the track probe over every answer position of every row with a referent."""
+    import torch
+    import torch.nn.functional as F
+
+    states, targets = [], []
+    for (_, _, hidden, _), batch, clip in zip(outputs, batches, clips):
+        for row, index in enumerate(batch.referents):
+            if index is None:
+                continue
+            positions = torch.nonzero(batch.labels[row, 1:] != -100).squeeze(-1)
+            states.append(hidden[row, positions])
+            targets.append(torch.from_numpy(track_targets(clip, index)).expand(len(positions), 4))
+    if not states:
+        return torch.zeros(())
+    return F.mse_loss(heads["track"](_rms(torch.cat(states))), torch.cat(targets))
+
+
+def _forward_shared(model, clips: list[EncodedClip], batches: list[ClipBatch], hidden_layer: int | None = None,
+                    suffix_layer: int | None = None, attend_layer: int | None = None):
+    """Vision tower once for all clips; per clip the prefix once (with its video), then every question on
+    the prefix's KV cache. The same logits as running each full sequence (transformers' cached forward,
+    what ``generate`` does), at a fraction of the cost: the ~280-token prefix is computed once, not 5 times.
+    Returns per clip (suffix logits [Q, S, V], hidden state ``hidden_layer`` at the prefix's video tokens,
+    hidden state ``suffix_layer`` of the suffix rows [Q, S, H]; None when not asked) and the vision tower's
+    soft-token features."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from .parity import cache_of, with_cache
+
+    pixel_values = torch.from_numpy(np.concatenate([c.pixel_values for c in clips]))
+    positions = torch.from_numpy(np.concatenate([c.position_ids for c in clips]))
+    per_video = torch.tensor([c.pixel_values.shape[0] for c in clips])
+    encoded = model.model.get_video_features(pixel_values, positions, num_frames_per_video=per_video,
+                                             return_dict=True)
+    video_id = model.config.video_token_id
+    outputs = []
+    captured: list = []
+    hook = None
+    if attend_layer is not None:       # eager attention (see train) returns its weights as out[1]
+        attention = model.model.language_model.layers[attend_layer].self_attn
+        hook = attention.register_forward_hook(lambda module, args, out: captured.append(out[1]))
+    for c, batch in enumerate(batches):
+        video = BaseModelOutputWithPooling(pooler_output=[encoded.pooler_output[c]])
+        first = model(input_ids=batch.prefix, attention_mask=torch.ones_like(batch.prefix),
+                      mm_encoder_outputs={"video": video}, use_cache=True, logits_to_keep=1,
+                      output_hidden_states=hidden_layer is not None)
+        hidden = None
+        if hidden_layer is not None:
+            hidden = first.hidden_states[hidden_layer][0][batch.prefix[0] == video_id]
+        cache = cache_of(first)
+        rows = batch.suffix.shape[0]
+        cache.batch_repeat_interleave(rows)
+        mask = torch.cat([torch.ones(rows, batch.prefix.shape[1], dtype=torch.long), batch.mask], dim=1)
+        out = model(input_ids=batch.suffix, attention_mask=mask, use_cache=True,
+                    output_hidden_states=suffix_layer is not None, **with_cache(model, cache))
+        outputs.append((out.logits, hidden, None if suffix_layer is None else out.hidden_states[suffix_layer],
+                        captured[-1] if captured else None))
+    if hook is not None:
+        hook.remove()
+    return outputs, encoded.last_hidden_state
+
+
 def _aux_heads(recipe: DemoRecipe):
     """Linear probes on the vision tower's pooled soft tokens (colour, shape, position). A training aid
     only: dense targets from the renderer teach the small vision tower in far fewer steps; the probes
@@ -315,7 +539,59 @@ def _aux_heads(recipe: DemoRecipe):
         "colour": torch.nn.Linear(recipe.vision_hidden, len(synthetic.COLORS) + 1),
         "shape": torch.nn.Linear(recipe.vision_hidden, len(synthetic.SHAPES) + 1),
         "xy": torch.nn.Linear(recipe.vision_hidden, 2),
+        "object_colour": torch.nn.Linear(recipe.vision_hidden, len(synthetic.COLORS)),
+        "object_shape": torch.nn.Linear(recipe.vision_hidden, len(synthetic.SHAPES)),
+        "lm_colour": torch.nn.Linear(recipe.text_hidden, len(synthetic.COLORS) + 1),
+        "lm_shape": torch.nn.Linear(recipe.text_hidden, len(synthetic.SHAPES) + 1),
+        "track": torch.nn.Linear(recipe.text_hidden, 4),
     })
+
+
+def _rms(x):
+    import torch
+
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def object_loss(heads, features, shape_targets: np.ndarray, colour_targets: np.ndarray, tokens_per_frame: int):
+    """Training aid: per frame and object, the soft tokens' features averaged with the object's coverage
+    of each token as weight, classified into the object's shape and colour (a whole object, not a cell)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = _rms(features)
+    shape = torch.from_numpy(shape_targets[:, 1:])
+    colour = torch.from_numpy(colour_targets[:, 1:])
+    pooled, shape_class, colour_class = [], [], []
+    for start in range(0, len(x), tokens_per_frame):
+        frame = slice(start, start + tokens_per_frame)
+        for k in range(shape.shape[1]):
+            weight = shape[frame, k]
+            if weight.sum() < 0.2:
+                continue
+            pooled.append((weight[:, None] * x[frame]).sum(0) / weight.sum())
+            shape_class.append(k)
+            colour_class.append(int((weight[:, None] * colour[frame]).sum(0).argmax()))
+    if not pooled:
+        return x.new_zeros(())
+    pooled = torch.stack(pooled)
+    return (F.cross_entropy(heads["object_shape"](pooled), torch.tensor(shape_class))
+            + F.cross_entropy(heads["object_colour"](pooled), torch.tensor(colour_class)))
+
+
+def lm_probe_loss(heads, hidden: list, clips: list[EncodedClip]):
+    """Training aid: colour / shape area fractions under every video token, read linearly from the language
+    model's hidden state there (what its attention later reads at the object the question names)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = _rms(torch.cat(hidden))
+    loss = 0.0
+    for name in ("colour", "shape"):
+        target = torch.from_numpy(np.concatenate([getattr(c, f"{name}_targets") for c in clips]))
+        loss = loss + F.cross_entropy(heads[f"lm_{name}"](x), target)
+    return loss
 
 
 def aux_loss(heads, features, clips: list[EncodedClip]):
@@ -359,11 +635,11 @@ def evaluate(model, clips: list[EncodedClip], prompts: PromptBuilder, pad_id: in
     rng = np.random.default_rng(seed)
     model.eval()
     with torch.no_grad():
-        for clip in clips:   # questions_for asks one question per kind, in QUESTION_KINDS order
-            input_ids, labels, mask, owners, keep = _batch([clip], prompts, rng, pad_id)
-            logits, _ = _forward(model, [clip], input_ids, mask, owners, keep)
-            _, ok = answer_loss_and_hits(logits, labels[:, -keep:])
-            for kind, good in zip(synthetic.QUESTION_KINDS, ok.tolist()):
+        for clip in clips:
+            batch = clip_batch(clip, prompts, rng, pad_id)
+            (logits, *_), = _forward_shared(model, [clip], [batch])[0]
+            _, ok = answer_loss_and_hits(logits, batch.labels)
+            for kind, good in zip(batch.kinds, ok.tolist()):
                 hits[kind].append(good)
     return {k: float(np.mean(v)) for k, v in hits.items() if v}
 
@@ -426,15 +702,22 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
 
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
-    model = start_model if start_model is not None else Gemma4ForConditionalGeneration(demo_config(recipe))
+    model = start_model if start_model is not None else start_language_model(start_vision_tower(
+        Gemma4ForConditionalGeneration(demo_config(recipe)), recipe), recipe)
     prompts = PromptBuilder(tokenizer_dir)
     pad = demo_token_ids().pad
     accuracy: dict = {}
+    implementation = model.config._attn_implementation
+    if recipe.attend_weight:
+        model.set_attn_implementation("eager")     # attention weights for attention_loss
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
     try:
         with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
+            if start_model is None and recipe.vision_steps:
+                progress(f"stage 0: {recipe.vision_steps} steps on single frames, vision tower only")
+                pretrain_vision(model, _aux_heads(recipe), recipe, progress)
             for index, stage in enumerate(stages(recipe)):
                 if index == 0 and start_model is not None:
                     continue
@@ -445,12 +728,100 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                 rng = np.random.default_rng(recipe.seed + index)
                 progress(f"{stage.name}: {stage.steps} steps, lr {stage.lr:g}")
                 accuracy = _train_loop(model, heads, optimizer, recipe, stage, prompts, pad, rng, Path(tmp), pool,
-                                       progress)
+                                       progress, probes=index == 0)
     finally:
         torch.set_num_threads(threads)
+        if implementation and model.config._attn_implementation != implementation:
+            model.set_attn_implementation(implementation)
         if pool is not None:
             pool.terminate()
     return model.eval(), accuracy
+
+
+def start_vision_tower(model, recipe: DemoRecipe):
+    """Re-initialise the vision tower so its soft tokens carry the patch content and position: a random
+    position table (Gemma 4 starts it at all ones, the same vector everywhere), a larger patch projection,
+    and small post-norm weights so the residual stream keeps the patch embedding at the start."""
+    import torch
+
+    vision = model.model.vision_tower
+    with torch.no_grad():             # a field left at 0 keeps Gemma 4's own initialisation
+        embedder = vision.patch_embedder
+        if recipe.vision_position_std:
+            embedder.position_embedding_table.normal_(0.0, recipe.vision_position_std)
+        if recipe.vision_patch_std:
+            embedder.input_proj.weight.normal_(0.0, recipe.vision_patch_std)
+        if recipe.vision_post_norm:
+            for layer in vision.encoder.layers:
+                layer.post_attention_layernorm.weight.fill_(recipe.vision_post_norm)
+                layer.post_feedforward_layernorm.weight.fill_(recipe.vision_post_norm)
+    return model
+
+
+def start_language_model(model, recipe: DemoRecipe):
+    """Token embeddings and the soft-token projection at a scale comparable to what the layers add."""
+    import torch
+
+    embed = model.model.language_model.embed_tokens
+    with torch.no_grad():             # a field left at 0 keeps Gemma 4's own initialisation
+        if recipe.text_embed_std:
+            embed.weight.normal_(0.0, recipe.text_embed_std)
+            if embed.padding_idx is not None:
+                embed.weight[embed.padding_idx].zero_()
+        if recipe.soft_token_std:
+            model.model.embed_vision.embedding_projection.weight.normal_(0.0, recipe.soft_token_std)
+        if recipe.text_post_norm:
+            for layer in model.model.language_model.layers:
+                for norm in (layer.post_attention_layernorm, layer.post_feedforward_layernorm,
+                             layer.post_per_layer_input_norm):
+                    norm.weight.fill_(recipe.text_post_norm)
+    return model
+
+
+def rendered_frame(seed: int, recipe: DemoRecipe) -> EncodedClip:
+    """One frame of a training clip, drawn and preprocessed directly (no video file): stage 0's input."""
+    from edgevid.model.preprocess import preprocess_video
+
+    spec = synthetic.make_clip_spec(seed)
+    index = int(np.random.default_rng(seed).integers(spec.frame_count))
+    vision = preprocess_video(synthetic.render_frame(spec, index)[None], max_soft_tokens=recipe.max_soft_tokens)
+    colour, shape, xy = dense_targets(spec, [index], vision.position_ids)
+    return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens), np.zeros(1),
+                       colour, shape, xy)
+
+
+def pretrain_vision(model, heads, recipe: DemoRecipe, progress=print) -> None:
+    """Stage 0: the vision tower (and the dense probes) alone, on single frames: per-token colour / shape
+    fractions and position, per-object shape and colour. Teaches the one-layer tower to see shapes before
+    the language model starts reading it (the LM stages never recover this from answer tokens alone)."""
+    import torch
+
+    params = list(model.model.vision_tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=recipe.vision_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    stage = Stage("stage 0", 0, recipe.vision_steps, recipe.vision_lr, 20)
+    started = time.perf_counter()
+    model.train()
+    for step in range(stage.steps):
+        frames = [rendered_frame(vision_seed(recipe, step, k), recipe)
+                  for k in range(recipe.vision_frames_per_step)]
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(stage, step)
+        pixel_values = torch.from_numpy(np.concatenate([f.pixel_values for f in frames]))
+        positions = torch.from_numpy(np.concatenate([f.position_ids for f in frames]))
+        encoded = model.model.get_video_features(pixel_values, positions,
+                                                 num_frames_per_video=torch.ones(len(frames), dtype=torch.long),
+                                                 return_dict=True)
+        features = encoded.last_hidden_state
+        per_frame = frames[0].soft_tokens[0]
+        loss = aux_loss(heads, features, frames) + object_loss(
+            heads, features, np.concatenate([f.shape_targets for f in frames]),
+            np.concatenate([f.colour_targets for f in frames]), per_frame)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step + 1 == stage.steps:
+            progress(f"vision step {step:4d}  loss {loss.item():.4f}  {time.perf_counter() - started:6.0f}s")
 
 
 def _optimizer(model, heads, recipe: DemoRecipe, stage: Stage):
@@ -463,29 +834,60 @@ def _optimizer(model, heads, recipe: DemoRecipe, stage: Stage):
                               {"params": other, "weight_decay": 0.0}], lr=stage.lr, betas=(0.9, 0.98))
 
 
-def _train_loop(model, heads, optimizer, recipe, stage: Stage, prompts, pad, rng, work: Path, pool, progress) -> dict:
+def _full_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool):
+    """``shared_prefix=False`` (the shipped model's recipe): every question as its own full sequence."""
+    input_ids, labels, mask, owners, keep = _full_batch(clips, prompts, rng, pad)
+    logits, features = _full_forward(model, clips, input_ids, mask, owners, keep)
+    loss, ok = answer_loss_and_hits(logits, labels[:, -keep:])
+    return loss, ok, {"aux": (recipe.aux_weight, aux_loss(heads, features, clips))}
+
+
+def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool):
+    """Every question on its clip's shared prefix, plus the training aids the recipe turns on."""
+    import torch
+
+    batches = [clip_batch(c, prompts, rng, pad, recipe.every_question) for c in clips]
+    probe_layer = recipe.lm_probe_layer if probes and recipe.lm_probe_weight else None
+    outputs, features = _forward_shared(model, clips, batches, probe_layer,
+                                        recipe.track_layer if recipe.track_weight else None,
+                                        recipe.attend_layer if recipe.attend_weight else None)
+    logits = torch.cat([o[0][:, :-1].reshape(-1, o[0].shape[-1]) for o in outputs])
+    labels = torch.cat([b.labels[:, 1:].reshape(-1) for b in batches])
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+    ok = torch.cat([answer_loss_and_hits(o[0], b.labels)[1] for o, b in zip(outputs, batches)])
+    aids = {"aux": (recipe.aux_weight, aux_loss(heads, features, clips))}
+    if probe_layer:
+        aids["probe"] = (recipe.lm_probe_weight, lm_probe_loss(heads, [o[1] for o in outputs], clips))
+    if recipe.track_weight:
+        aids["track"] = (recipe.track_weight, track_loss(heads, outputs, batches, clips))
+    if recipe.attend_weight:
+        aids["attend"] = (recipe.attend_weight, attention_loss([o[3] for o in outputs], batches, clips))
+    return loss, ok, aids
+
+
+def _train_loop(model, heads, optimizer, recipe, stage: Stage, prompts, pad, rng, work: Path, pool, progress,
+                probes: bool = False) -> dict:
     import torch
 
     accuracy: dict = {}
     eval_clips = [encode_clip(s, recipe, work) for s in held_out_specs(recipe.eval_clips, offset=900_000)]
     stream = _clip_stream(recipe, stage, work, pool)
     started = time.perf_counter()
+    losses = _shared_losses if recipe.shared_prefix else _full_losses
     for step in range(stage.steps):
         clips = [next(stream) for _ in range(recipe.clips_per_step)]
-        input_ids, labels, mask, owners, keep = _batch(clips, prompts, rng, pad)
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(stage, step)
-        logits, features = _forward(model, clips, input_ids, mask, owners, keep)
-        loss, ok = answer_loss_and_hits(logits, labels[:, -keep:])
-        aux = aux_loss(heads, features, clips)
+        loss, ok, aids = losses(model, heads, recipe, clips, prompts, pad, rng, probes)
         optimizer.zero_grad(set_to_none=True)
-        (loss + recipe.aux_weight * aux).backward()
+        (loss + sum(weight * value for weight, value in aids.values())).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 20 == 0:
-            progress(f"step {stage.first_step + step:5d}  loss {loss.item():.4f}  aux {aux.item():.3f}  "
-                     f"batch exact {ok.float().mean():.2f}  {time.perf_counter() - started:6.0f}s")
+            progress(f"step {stage.first_step + step:5d}  loss {loss.item():.4f}  "
+                     + "".join(f"{name} {value.item():.3f}  " for name, (_, value) in aids.items())
+                     + f"batch exact {ok.float().mean():.2f}  {time.perf_counter() - started:6.0f}s")
         if (step + 1) % recipe.eval_every == 0 or step + 1 == stage.steps:
             accuracy = evaluate(model, eval_clips, prompts, pad)
             progress(f"held-out exact match @ {stage.first_step + step + 1}: "
@@ -632,8 +1034,18 @@ def main(argv=None) -> None:
     parser.add_argument("--stage2-steps", type=int, default=DemoRecipe.stage2_steps)
     parser.add_argument("--package", metavar="DIR",
                         help="also copy the runtime files (fp32 + q4) and the sample clip here, e.g. edgevid/demo")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="shipped",
+                        help="shipped: the recipe of edgevid/demo (default); candidate: the one under work")
+    parser.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
+                        help="override a DemoRecipe field (experiments; the shipped model uses the defaults)")
     args = parser.parse_args(argv)
-    recipe = DemoRecipe(seed=args.seed, steps=args.steps, stage2_steps=args.stage2_steps)
+    recipe = replace(RECIPES[args.recipe], seed=args.seed, steps=args.steps, stage2_steps=args.stage2_steps)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in DemoRecipe.__dataclass_fields__:
+            parser.error(f"--set {item}: DemoRecipe has no field {name!r}")
+        kind = type(getattr(recipe, name))
+        recipe = replace(recipe, **{name: value.lower() in ("1", "true", "yes") if kind is bool else kind(value)})
     folder = build_trained_demo(args.output, seed=args.seed, recipe=recipe, stage1_checkpoint=args.stage1_checkpoint,
                                 precisions=tuple(args.precisions.split(",")))
     if args.package:

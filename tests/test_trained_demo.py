@@ -171,7 +171,7 @@ def test_short_training_run_exports_a_model_the_runtime_loads(tmp_path):
     pytest.importorskip("torch")
     from edgevid_export.train_demo import DemoRecipe, build_trained_demo
 
-    recipe = DemoRecipe(steps=40, stage2_steps=20, eval_every=20, eval_clips=2)
+    recipe = DemoRecipe(steps=40, stage2_steps=20, eval_every=20, eval_clips=2, vision_steps=20)
     folder = build_trained_demo(tmp_path / "demo", recipe=recipe, progress=lambda _: None)
     manifest = json.loads((folder / "edgevid.json").read_text(encoding="utf-8"))
     assert manifest["video"]["num_frames"] == 4 and manifest["parity"]["greedy_match"] is True

@@ -1,0 +1,103 @@
+"""The demo trainer's building blocks (edgevid_export.train_demo), on a random-weight demo-sized Gemma 4.
+
+The trainer runs every question about a clip on one shared prefix (template + video) through the KV cache;
+these tests hold that to the plain full-sequence forward, so the speed-up cannot change what is learned.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from edgevid_export import synthetic, train_demo  # noqa: E402
+from edgevid_export.demo import demo_token_ids  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from transformers import Gemma4ForConditionalGeneration
+
+    recipe = train_demo.DemoRecipe()
+    tokenizer_dir = tmp_path_factory.mktemp("tok")
+    train_demo.build_task_tokenizer(tokenizer_dir)
+    train_demo.write_processor_config(tokenizer_dir, recipe)
+    torch.manual_seed(0)
+    model = train_demo.start_vision_tower(Gemma4ForConditionalGeneration(train_demo.demo_config(recipe)), recipe)
+    clips = [train_demo.encode_clip(synthetic.make_clip_spec(seed), recipe, tmp_path_factory.mktemp("clips"))
+             for seed in (5, 6)]
+    return recipe, train_demo.PromptBuilder(tokenizer_dir), model.eval(), clips
+
+
+def test_shared_prefix_forward_equals_full_sequences(setup):
+    """Answer logits from prefix-once + cached suffixes == each full prompt + answer run from scratch
+    (the default recipe's 256-token sliding window is shorter than the ~290-token prompt, so the sliding
+    layers' cache is cropped on the way)."""
+    recipe, prompts, model, clips = setup
+    pad = demo_token_ids().pad
+    batches = [train_demo.clip_batch(c, prompts, np.random.default_rng(1), pad) for c in clips]
+    with torch.no_grad():
+        outputs, _ = train_demo._forward_shared(model, clips, batches)
+        for clip, batch, (logits, *_) in zip(clips, batches, outputs):
+            assert batch.kinds == list(synthetic.QUESTION_KINDS)
+            for row in range(batch.suffix.shape[0]):
+                length = int(batch.mask[row].sum())
+                ids = torch.cat([batch.prefix[0], batch.suffix[row, :length]])[None]
+                full = model(input_ids=ids, pixel_values_videos=torch.from_numpy(clip.pixel_values),
+                             video_position_ids=torch.from_numpy(clip.position_ids),
+                             num_frames_per_video=torch.tensor([clip.pixel_values.shape[0]])).logits
+                expected = full[0, batch.prefix.shape[1]:]
+                assert torch.allclose(logits[row, :length], expected, atol=1e-4), \
+                    float((logits[row, :length] - expected).abs().max())
+                answer = batch.labels[row] != -100
+                assert answer.sum() >= 3 and bool((batch.suffix[row][answer] == batch.labels[row][answer]).all())
+
+
+def test_prefix_is_the_video_part_of_the_prompt(setup):
+    _, prompts, _, clips = setup
+    ids, _ = prompts.encode("How many shapes are there?", None, clips[0].timestamps, clips[0].soft_tokens)
+    cut = prompts.prefix_length(ids)
+    assert ids[cut - 1] == prompts.tokenizer.token_to_id("<image|>")
+    assert ids.count(demo_token_ids().video) == sum(clips[0].soft_tokens)
+    assert demo_token_ids().video not in ids[cut:]
+
+
+def test_track_targets_follow_the_named_shape(setup):
+    _, _, _, clips = setup
+    spec = synthetic.make_clip_spec(123, direction="right", count=2)
+    clip = dataclasses.replace(clips[0], spec=spec, frame_indices=np.array([0, 23, 47, 71]))
+    mover, other = spec.shapes
+    qa = synthetic.question(spec, "direction", 0)
+    assert train_demo.referent(spec, qa) == 0
+    assert train_demo.referent(spec, synthetic.question(spec, "shape", 1)) == 1
+    assert train_demo.referent(spec, synthetic.question(spec, "describe", 1)) == 0
+    assert train_demo.referent(spec, synthetic.question(spec, "count", 1)) is None
+    x0, y0, x1, y1 = train_demo.track_targets(clip, 0)
+    assert x1 - x0 > 0.4 and abs(y1 - y0) < 1e-6
+    assert np.allclose(train_demo.track_targets(clip, 1)[:2], train_demo.track_targets(clip, 1)[2:])
+    assert np.allclose(train_demo.track_targets(clip, 0)[:2], [mover.start[0] / spec.width, mover.start[1] / spec.height])
+
+
+def test_recipe_overrides_reject_unknown_fields(tmp_path):
+    with pytest.raises(SystemExit):
+        train_demo.main(["--output", str(tmp_path), "--set", "no_such_field=1"])
+
+
+def test_shipped_recipe_is_the_default_and_aids_need_the_shared_prefix():
+    """``edgevid export --demo`` trains DemoRecipe(): the recipe of the shipped model, aids off."""
+    shipped = train_demo.RECIPES["shipped"]
+    assert shipped == train_demo.DemoRecipe() and not shipped.shared_prefix and shipped.sliding_window == 256
+    assert train_demo.CANDIDATE.shared_prefix and train_demo.CANDIDATE.track_weight > 0
+    with pytest.raises(ValueError, match="shared_prefix"):
+        train_demo.DemoRecipe(track_weight=1.0)
+
+
+def test_every_question_asks_about_each_shape():
+    spec = synthetic.make_clip_spec(7, count=3, direction="up")
+    qas = synthetic.all_questions(spec, np.random.default_rng(0))
+    assert [qa.kind for qa in qas].count("colour") == 3 and [qa.kind for qa in qas].count("direction") == 3
+    assert sum(qa.answer.endswith("moves from bottom to top.") for qa in qas if qa.kind == "direction") == 1
+    assert len({qa.answer for qa in qas if qa.kind == "colour"}) == 3
