@@ -82,6 +82,7 @@ class DemoRecipe:
     vision_steps: int = 0
     vision_frames_per_step: int = 8
     vision_lr: float = 3e-3
+    outline_weight: float = 0.0          # outline_targets in the dense vision aid (all stages)
     # stage 1 only: colour / shape probes on the language model's hidden state at every video token
     lm_probe_layer: int = 2              # hidden_states index (output of decoder layer lm_probe_layer - 1)
     lm_probe_weight: float = 0.0
@@ -226,6 +227,7 @@ class EncodedClip:
     shape_targets: np.ndarray     # f32 [N * soft tokens, shapes + 1]
     xy_targets: np.ndarray        # f32 [N * soft tokens, 2]
     frame_indices: np.ndarray | None = None   # which frames of the clip were sampled
+    outline: np.ndarray | None = None         # f32 [N * soft tokens, 3] (training aid, see outline_targets)
 
 
 def sample_frames(path: Path, num_frames: int):
@@ -245,7 +247,8 @@ def encode_clip(spec: synthetic.ClipSpec, recipe: DemoRecipe, workdir: Path) -> 
     vision = preprocess_video(sampled.frames, max_soft_tokens=recipe.max_soft_tokens)
     colour, shape, xy = dense_targets(spec, sampled.indices, vision.position_ids)
     return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens),
-                       sampled.timestamps, colour, shape, xy, np.asarray(sampled.indices))
+                       sampled.timestamps, colour, shape, xy, np.asarray(sampled.indices),
+                       outline_targets(spec, sampled.indices, vision.position_ids))
 
 
 def dense_targets(spec: synthetic.ClipSpec, indices, position_ids: np.ndarray, pooling: int = 3):
@@ -269,6 +272,31 @@ def dense_targets(spec: synthetic.ClipSpec, indices, position_ids: np.ndarray, p
     ys, xs = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
     xy = np.tile(np.stack([xs, ys], -1).reshape(-1, 2), (len(indices), 1)).astype(np.float32)
     return np.concatenate(colour), np.concatenate(shape), xy
+
+
+def outline_targets(spec: synthetic.ClipSpec, indices, position_ids: np.ndarray, pooling: int = 3) -> np.ndarray:
+    """Training aid: for every soft token, the shapes' outline under it — mean over its pixels of the edge
+    strength m and of m * (cos 2θ, sin 2θ) for the edge orientation θ (Sobel on the shape mask). Local
+    evidence of the shape class a one-layer tower can learn: a square has only 0° / 90° edges, a triangle
+    a 0° base and ±60° sides, a circle every orientation."""
+    import cv2
+
+    valid = position_ids[0, :, 0] >= 0
+    cols = int(position_ids[0, valid, 0].max() + 1) // pooling
+    rows = int(position_ids[0, valid, 1].max() + 1) // pooling
+    cell = ((np.arange(spec.height) * rows // spec.height)[:, None] * cols
+            + (np.arange(spec.width) * cols // spec.width)[None, :]).ravel()
+    area = np.bincount(cell, minlength=rows * cols).astype(np.float32)
+    out = []
+    for index in indices:
+        mask = (synthetic.label_maps(spec, int(index))[1] > 0).astype(np.float32)
+        gx, gy = cv2.Sobel(mask, cv2.CV_32F, 1, 0, ksize=3) / 4, cv2.Sobel(mask, cv2.CV_32F, 0, 1, ksize=3) / 4
+        m = np.sqrt(gx * gx + gy * gy)
+        safe = np.where(m > 0, m, 1.0)
+        channels = (m, (gx * gx - gy * gy) / safe, 2 * gx * gy / safe)
+        out.append(np.stack([np.bincount(cell, weights=c.ravel(), minlength=rows * cols) / area
+                             for c in channels], -1).astype(np.float32))
+    return np.concatenate(out)
 
 
 def frame_timestamp(seconds: float) -> str:
@@ -539,6 +567,7 @@ def _aux_heads(recipe: DemoRecipe):
         "colour": torch.nn.Linear(recipe.vision_hidden, len(synthetic.COLORS) + 1),
         "shape": torch.nn.Linear(recipe.vision_hidden, len(synthetic.SHAPES) + 1),
         "xy": torch.nn.Linear(recipe.vision_hidden, 2),
+        "outline": torch.nn.Linear(recipe.vision_hidden, 3),
         "object_colour": torch.nn.Linear(recipe.vision_hidden, len(synthetic.COLORS)),
         "object_shape": torch.nn.Linear(recipe.vision_hidden, len(synthetic.SHAPES)),
         "lm_colour": torch.nn.Linear(recipe.text_hidden, len(synthetic.COLORS) + 1),
@@ -594,7 +623,7 @@ def lm_probe_loss(heads, hidden: list, clips: list[EncodedClip]):
     return loss
 
 
-def aux_loss(heads, features, clips: list[EncodedClip]):
+def aux_loss(heads, features, clips: list[EncodedClip], outline_weight: float = 0.0):
     import torch
     import torch.nn.functional as F
 
@@ -605,7 +634,11 @@ def aux_loss(heads, features, clips: list[EncodedClip]):
         target = torch.from_numpy(np.concatenate([getattr(c, f"{name}_targets") for c in clips]))
         loss = loss + F.cross_entropy(heads[name](x), target)
     target = torch.from_numpy(np.concatenate([c.xy_targets for c in clips]))
-    return loss + 10.0 * F.mse_loss(heads["xy"](x), target)
+    loss = loss + 10.0 * F.mse_loss(heads["xy"](x), target)
+    if outline_weight:
+        target = torch.from_numpy(np.concatenate([c.outline for c in clips]))
+        loss = loss + outline_weight * F.mse_loss(heads["outline"](x), target)
+    return loss
 
 
 def answer_loss_and_hits(logits, labels):
@@ -787,7 +820,7 @@ def rendered_frame(seed: int, recipe: DemoRecipe) -> EncodedClip:
     vision = preprocess_video(synthetic.render_frame(spec, index)[None], max_soft_tokens=recipe.max_soft_tokens)
     colour, shape, xy = dense_targets(spec, [index], vision.position_ids)
     return EncodedClip(spec, vision.pixel_values, vision.position_ids, list(vision.soft_tokens), np.zeros(1),
-                       colour, shape, xy)
+                       colour, shape, xy, np.array([index]), outline_targets(spec, [index], vision.position_ids))
 
 
 def pretrain_vision(model, heads, recipe: DemoRecipe, progress=print) -> None:
@@ -813,7 +846,7 @@ def pretrain_vision(model, heads, recipe: DemoRecipe, progress=print) -> None:
                                                  return_dict=True)
         features = encoded.last_hidden_state
         per_frame = frames[0].soft_tokens[0]
-        loss = aux_loss(heads, features, frames) + object_loss(
+        loss = aux_loss(heads, features, frames, recipe.outline_weight) + object_loss(
             heads, features, np.concatenate([f.shape_targets for f in frames]),
             np.concatenate([f.colour_targets for f in frames]), per_frame)
         optimizer.zero_grad(set_to_none=True)
@@ -855,7 +888,7 @@ def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool)
     labels = torch.cat([b.labels[:, 1:].reshape(-1) for b in batches])
     loss = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
     ok = torch.cat([answer_loss_and_hits(o[0], b.labels)[1] for o, b in zip(outputs, batches)])
-    aids = {"aux": (recipe.aux_weight, aux_loss(heads, features, clips))}
+    aids = {"aux": (recipe.aux_weight, aux_loss(heads, features, clips, recipe.outline_weight))}
     if probe_layer:
         aids["probe"] = (recipe.lm_probe_weight, lm_probe_loss(heads, [o[1] for o in outputs], clips))
     if recipe.track_weight:

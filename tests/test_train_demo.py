@@ -101,3 +101,23 @@ def test_every_question_asks_about_each_shape():
     assert [qa.kind for qa in qas].count("colour") == 3 and [qa.kind for qa in qas].count("direction") == 3
     assert sum(qa.answer.endswith("moves from bottom to top.") for qa in qas if qa.kind == "direction") == 1
     assert len({qa.answer for qa in qas if qa.kind == "colour"}) == 3
+
+
+def test_outline_targets_tell_square_edges_from_triangle_sides():
+    """A square's edges are 0° / 90° (cos 2θ = ±1, sin 2θ = 0); a triangle's sides are ±60° (sin 2θ ≠ 0)."""
+    recipe = train_demo.CANDIDATE
+
+    def outline(kind):
+        spec = synthetic.ClipSpec(seed=0, shapes=(synthetic.Shape(kind, "red", 15, (80.0, 60.0), (80.0, 60.0)),),
+                                  mover=None, direction="still", background=("solid", (128, 128, 128)))
+        frame = train_demo.rendered_frame(0, recipe)
+        target = train_demo.outline_targets(spec, [0], frame.position_ids)
+        edges = target[:, 0] > 0.02
+        return target[edges]
+
+    square, triangle = outline("square"), outline("triangle")
+    assert len(square) >= 4 and len(triangle) >= 3
+    assert np.abs(square[:, 2]).max() < 0.25 * square[:, 0].max()
+    straight = np.isclose(np.abs(square[:, 1]), square[:, 0], atol=0.01)   # one edge in the cell
+    assert 2 <= straight.sum() < len(square)                                # corners mix 0° and 90°
+    assert np.abs(triangle[:, 2]).max() > 0.4 * triangle[:, 0].max()
