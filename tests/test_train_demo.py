@@ -21,7 +21,7 @@ from edgevid_export.demo import demo_token_ids  # noqa: E402
 def setup(tmp_path_factory):
     from transformers import Gemma4ForConditionalGeneration
 
-    recipe = train_demo.DemoRecipe()
+    recipe = dataclasses.replace(train_demo.DemoRecipe(), sliding_window=256)   # shorter than the prompt
     tokenizer_dir = tmp_path_factory.mktemp("tok")
     train_demo.build_task_tokenizer(tokenizer_dir)
     train_demo.write_processor_config(tokenizer_dir, recipe)
@@ -34,8 +34,8 @@ def setup(tmp_path_factory):
 
 def test_shared_prefix_forward_equals_full_sequences(setup):
     """Answer logits from prefix-once + cached suffixes == each full prompt + answer run from scratch
-    (the default recipe's 256-token sliding window is shorter than the ~290-token prompt, so the sliding
-    layers' cache is cropped on the way)."""
+    (with a 256-token sliding window, shorter than the ~290-token prompt, so the sliding layers' cache is
+    cropped on the way)."""
     recipe, prompts, model, clips = setup
     pad = demo_token_ids().pad
     batches = [train_demo.clip_batch(c, prompts, np.random.default_rng(1), pad) for c in clips]
@@ -87,12 +87,16 @@ def test_recipe_overrides_reject_unknown_fields(tmp_path):
 
 
 def test_shipped_recipe_is_the_default_and_aids_need_the_shared_prefix():
-    """``edgevid export --demo`` trains DemoRecipe(): the recipe of the shipped model, aids off."""
+    """``edgevid export --demo`` trains DemoRecipe(), the recipe of the shipped model (its checkpoint records
+    it); the first shipped model's recipe stays available, and the LM-side aids refuse to run without the
+    shared prefix (the full-sequence path has no hooks for them)."""
     shipped = train_demo.RECIPES["shipped"]
-    assert shipped == train_demo.DemoRecipe() and not shipped.shared_prefix and shipped.sliding_window == 256
-    assert train_demo.CANDIDATE.shared_prefix and train_demo.CANDIDATE.track_weight > 0
+    assert shipped == train_demo.DemoRecipe() and shipped.shared_prefix and shipped.attend_weight > 0
+    assert shipped.sliding_window > 300 and shipped.vision_steps > 0
+    first = train_demo.RECIPES["first"]
+    assert not first.shared_prefix and first.sliding_window == 256 and not first.attend_weight
     with pytest.raises(ValueError, match="shared_prefix"):
-        train_demo.DemoRecipe(track_weight=1.0)
+        dataclasses.replace(first, track_weight=1.0)
 
 
 def test_every_question_asks_about_each_shape():
@@ -105,7 +109,7 @@ def test_every_question_asks_about_each_shape():
 
 def test_outline_targets_tell_square_edges_from_triangle_sides():
     """A square's edges are 0° / 90° (cos 2θ = ±1, sin 2θ = 0); a triangle's sides are ±60° (sin 2θ ≠ 0)."""
-    recipe = train_demo.CANDIDATE
+    recipe = train_demo.DemoRecipe()
 
     def outline(kind):
         spec = synthetic.ClipSpec(seed=0, shapes=(synthetic.Shape(kind, "red", 15, (80.0, 60.0), (80.0, 60.0)),),
