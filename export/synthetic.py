@@ -85,7 +85,7 @@ def make_clip_spec(seed: int, *, direction: str | None = None, count: int | None
     direction = direction or str(rng.choice(DIRECTIONS))
     kinds = rng.permutation(SHAPES)[:count]
     colours = rng.permutation(list(COLORS))[:count]
-    for _ in range(200):
+    for _ in range(2000):
         shapes = _place(rng, kinds, colours, direction, width, height)
         if shapes is not None:
             break
@@ -101,7 +101,7 @@ def _place(rng, kinds, colours, direction, width, height) -> tuple[Shape, ...] |
     """Shape 0 is the mover (if any); the others stand clear of its path."""
     shapes: list[Shape] = []
     for i, (kind, colour) in enumerate(zip(kinds, colours)):
-        r = int(rng.integers(11, 16))
+        r = int(rng.integers(15, 20))           # >= ~1.7 soft tokens across: shape is visible per token
         if i == 0 and direction != "still":
             start, end = _path(rng, direction, r, width, height)
         else:
@@ -343,8 +343,8 @@ def sample_clip_spec() -> ClipSpec:
     "a red circle moves from left to right."."""
     return ClipSpec(
         seed=-1,
-        shapes=(Shape("circle", "red", 14, (28.0, 72.0), (132.0, 72.0)),
-                Shape("square", "blue", 12, (96.0, 26.0), (96.0, 26.0))),
+        shapes=(Shape("circle", "red", 17, (28.0, 72.0), (132.0, 72.0)),
+                Shape("square", "blue", 16, (96.0, 26.0), (96.0, 26.0))),
         mover=0, direction="right", background=("gradient", (170, 170, 165), (105, 110, 112), 1),
     )
 

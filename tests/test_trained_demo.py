@@ -25,9 +25,7 @@ DEMO = Path(edgevid.__file__).resolve().parent / "demo"
 SAMPLE = DEMO / "sample.mp4"
 HELD_OUT = 20_000_000            # seeds far from training (< 10_000_000) and from the benchmark's set
 GREEDY = GenerationOptions(max_tokens=24)
-# q4 gives 29 of the 40 shipped PyTorch answers exactly (0.725) while its per-kind accuracy equals fp32's
-# within a question (README table): on a 64-wide model 4-bit weights move near-tied logits
-Q4_AGREEMENT = 0.65
+Q4_AGREEMENT = 0.8               # measured: 37 of the 40 shipped PyTorch answers (0.925)
 
 pytestmark = pytest.mark.skipif(not (DEMO / "edgevid.json").is_file(), reason="no shipped demo model")
 
@@ -69,14 +67,14 @@ def test_sample_clip_is_what_the_generator_draws():
 
 
 def test_demo_answers_the_sample_clip(fp32):
-    """What the shipped model gets right on its own sample clip (it also answers, wrongly, "a blue square
-    moves from left to right." to "What happens in this video?": the mover's direction, the wrong object
-    — see the accuracy table)."""
+    """What the shipped model gets right on its own sample clip (it also answers "the circle moves from top to
+    bottom." to "Which way does the circle move?": the right object, the wrong direction — see the accuracy
+    table)."""
     assert ask(fp32, SAMPLE, "What colour is the circle?") == "the circle is red."
     assert ask(fp32, SAMPLE, "What colour is the square?") == "the square is blue."
-    assert ask(fp32, SAMPLE, "Which way does the circle move?") == "the circle moves from left to right."
     assert ask(fp32, SAMPLE, "What shape is the blue object?") == "the blue shape is a square."
     assert ask(fp32, SAMPLE, "How many shapes are there?") == "there are two shapes."
+    assert ask(fp32, SAMPLE, "What happens in this video?").startswith("a red circle moves ")
 
 
 # ---- the runtime gives the PyTorch model's answers -------------------------------------------------------
@@ -122,22 +120,22 @@ def held_out_accuracy(pipeline: Pipeline, tmp_path: Path, kinds: tuple[str, ...]
 
 
 # Everything here is deterministic (constant-QP clips, greedy decoding), so the measured values are fixed
-# for the shipped model: fp32 colour 0.65 / shape 0.75 / count 1.00, q4 colour 0.58 / shape 0.75 (chance:
+# for the shipped model: fp32 colour 1.00 / shape 1.00 / count 0.90, q4 colour 1.00 / shape 0.92 (chance:
 # colour 0.2, shape 0.33, count ~0.33; the first shipped model had colour 0.40 / count 0.75 here).
-# The floors sit below them and well above chance. The brief's target (colour and direction >= 0.9) is
-# NOT met yet: the model finds an object by its colour but not by its shape, and direction is near chance.
+# The floors are the brief's (colour >= 0.9) for colour and shape; its direction target is NOT met yet
+# (direction 0.45 on these clips, chance 0.2): see the frame-order tests below.
 def test_fp32_accuracy_floor_on_held_out_clips(fp32, tmp_path):
     accuracy = held_out_accuracy(fp32, tmp_path, ("colour", "shape", "count"), clips=20)
-    assert accuracy["colour"] >= 0.55, accuracy
-    assert accuracy["shape"] >= 0.65, accuracy
-    assert accuracy["count"] >= 0.9, accuracy
+    assert accuracy["colour"] >= 0.9, accuracy
+    assert accuracy["shape"] >= 0.9, accuracy
+    assert accuracy["count"] >= 0.8, accuracy
 
 
 def test_q4_accuracy_floor_on_held_out_clips(tmp_path):
     q4 = Pipeline.load(DEMO, device="cpu", precision="q4")
     accuracy = held_out_accuracy(q4, tmp_path, ("colour", "shape"), clips=12)
-    assert accuracy["colour"] >= 0.5, accuracy
-    assert accuracy["shape"] >= 0.65, accuracy
+    assert accuracy["colour"] >= 0.9, accuracy
+    assert accuracy["shape"] >= 0.8, accuracy
 
 
 # ---- frame order reaches the model -----------------------------------------------------------------------
@@ -146,7 +144,7 @@ def left_to_right_spec(seed: int) -> synthetic.ClipSpec:
 
 
 DIRECTION_NOT_LEARNED = pytest.mark.xfail(
-    strict=True, reason="the shipped demo has not learned motion direction (held-out direction accuracy 35%, "
+    strict=True, reason="the shipped demo has not learned motion direction (held-out direction accuracy 30%, "
                         "chance 20%); strict, so a model that does learn it turns this into a failure to remove")
 
 
