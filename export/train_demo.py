@@ -86,6 +86,7 @@ class DemoRecipe:
     # stage 1 only: colour / shape probes on the language model's hidden state at every video token
     lm_probe_layer: int = 2              # hidden_states index (output of decoder layer lm_probe_layer - 1)
     lm_probe_weight: float = 0.5
+    lm_probe_xy: float = 0.0             # weight of the cell's (x, y) in that probe (values then carry position)
     # track probe (see track_loss): at every answer position, the hidden state after track_layer decoder
     # layers gives the (x, y) of the object the question is about in the first and the last frame (off)
     track_layer: int = 3
@@ -94,6 +95,7 @@ class DemoRecipe:
     # head 0 looks at the asked-about object in the first frame and head 1 at it in the last frame
     attend_layer: int = 2
     attend_weight: float = 0.2
+    attend_describe: bool = False        # also "What happens in this video?" (its object: the mover)
 
     def __post_init__(self):
         aids = ("every_question", "lm_probe_weight", "track_weight", "attend_weight")
@@ -465,17 +467,19 @@ def referent_tokens(clip: EncodedClip, index: int, frame: int, covered: float = 
     return frame * per_frame + np.nonzero(coverage > covered)[0]
 
 
-def attention_loss(weights: list, batches: list[ClipBatch], clips: list[EncodedClip]):
+def attention_loss(weights: list, batches: list[ClipBatch], clips: list[EncodedClip],
+                   kinds: tuple[str, ...] = ("colour", "shape", "direction")):
     """-log of the attention mass head 0 (head 1) of ``attend_layer`` puts on the asked-about object's video
     tokens in the first (last) frame, averaged over answer positions; colour, shape and direction questions
-    (their object is named in the question). ``weights``: per clip, the suffix call's [Q, heads, S, P + S]."""
+    (their object is named in the question), with "describe" in ``kinds`` also the mover of a description.
+    ``weights``: per clip, the suffix call's [Q, heads, S, P + S]."""
     import torch
 
     losses = []
     for attn, batch, clip in zip(weights, batches, clips):
         video = torch.nonzero(batch.prefix[0] == clip_video_id()).squeeze(-1)
         for row, (kind, index) in enumerate(zip(batch.kinds, batch.referents)):
-            if index is None or kind not in ("colour", "shape", "direction"):
+            if index is None or kind not in kinds:
                 continue
             queries = torch.nonzero(batch.labels[row, 1:] != -100).squeeze(-1)
             for head, frame in ((0, 0), (1, len(clip.soft_tokens) - 1)):
@@ -572,6 +576,7 @@ def _aux_heads(recipe: DemoRecipe):
         "lm_colour": torch.nn.Linear(recipe.text_hidden, len(synthetic.COLORS) + 1),
         "lm_shape": torch.nn.Linear(recipe.text_hidden, len(synthetic.SHAPES) + 1),
         "track": torch.nn.Linear(recipe.text_hidden, 4),
+        "lm_xy": torch.nn.Linear(recipe.text_hidden, 2),
     })
 
 
@@ -608,9 +613,11 @@ def object_loss(heads, features, shape_targets: np.ndarray, colour_targets: np.n
             + F.cross_entropy(heads["object_colour"](pooled), torch.tensor(colour_class)))
 
 
-def lm_probe_loss(heads, hidden: list, clips: list[EncodedClip]):
+def lm_probe_loss(heads, hidden: list, clips: list[EncodedClip], xy_weight: float = 0.0):
     """Training aid: colour / shape area fractions under every video token, read linearly from the language
-    model's hidden state there (what its attention later reads at the object the question names)."""
+    model's hidden state there (what its attention later reads at the object the question names), and with
+    ``xy_weight`` the cell's (x, y): the values fetched from the first and the last frame then carry where
+    the object is, which a direction answer needs."""
     import torch
     import torch.nn.functional as F
 
@@ -619,6 +626,9 @@ def lm_probe_loss(heads, hidden: list, clips: list[EncodedClip]):
     for name in ("colour", "shape"):
         target = torch.from_numpy(np.concatenate([getattr(c, f"{name}_targets") for c in clips]))
         loss = loss + F.cross_entropy(heads[f"lm_{name}"](x), target)
+    if xy_weight:
+        target = torch.from_numpy(np.concatenate([c.xy_targets for c in clips]))
+        loss = loss + xy_weight * F.mse_loss(heads["lm_xy"](x), target)
     return loss
 
 
@@ -889,11 +899,14 @@ def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool)
     ok = torch.cat([answer_loss_and_hits(o[0], b.labels)[1] for o, b in zip(outputs, batches)])
     aids = {"aux": (recipe.aux_weight, aux_loss(heads, features, clips, recipe.outline_weight))}
     if probe_layer:
-        aids["probe"] = (recipe.lm_probe_weight, lm_probe_loss(heads, [o[1] for o in outputs], clips))
+        aids["probe"] = (recipe.lm_probe_weight, lm_probe_loss(heads, [o[1] for o in outputs], clips,
+                                                                   recipe.lm_probe_xy))
     if recipe.track_weight:
         aids["track"] = (recipe.track_weight, track_loss(heads, outputs, batches, clips))
     if recipe.attend_weight:
-        aids["attend"] = (recipe.attend_weight, attention_loss([o[3] for o in outputs], batches, clips))
+        aids["attend"] = (recipe.attend_weight, attention_loss(
+            [o[3] for o in outputs], batches, clips,
+            ("colour", "shape", "direction") + (("describe",) if recipe.attend_describe else ())))
     return loss, ok, aids
 
 
