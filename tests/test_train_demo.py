@@ -125,3 +125,49 @@ def test_outline_targets_tell_square_edges_from_triangle_sides():
     straight = np.isclose(np.abs(square[:, 1]), square[:, 0], atol=0.01)   # one edge in the cell
     assert 2 <= straight.sum() < len(square)                                # corners mix 0° and 90°
     assert np.abs(triangle[:, 2]).max() > 0.4 * triangle[:, 0].max()
+
+
+def test_position_probe_reads_the_cells_xy_only_when_asked(setup):
+    """lm_probe_xy adds the cell's (x, y) to the language-model probe on video tokens (so the values the
+    supervised heads fetch carry where the object is); at 0 the position head gets no gradient."""
+    recipe, _, _, clips = setup
+    heads = train_demo._aux_heads(recipe)
+    hidden = [torch.randn(sum(c.soft_tokens), recipe.text_hidden, generator=torch.Generator().manual_seed(i))
+              for i, c in enumerate(clips)]
+    assert all(len(h) == len(c.xy_targets) for h, c in zip(hidden, clips))
+    train_demo.lm_probe_loss(heads, hidden, clips).backward()
+    assert heads["lm_xy"].weight.grad is None
+    with_xy = train_demo.lm_probe_loss(heads, hidden, clips, xy_weight=10.0)
+    with_xy.backward()
+    assert with_xy > train_demo.lm_probe_loss(heads, hidden, clips)
+    assert float(heads["lm_xy"].weight.grad.abs().sum()) > 0
+
+
+def test_attention_supervision_points_descriptions_at_the_mover_when_asked(setup, tmp_path):
+    """Attention that sits on the asked-about object (first frame for head 0, last for head 1) costs ~0;
+    spread evenly over the video it costs more. A description's row counts only with "describe" in kinds,
+    and its object is the mover."""
+    recipe, prompts, _, _ = setup
+    spec = synthetic.make_clip_spec(11, direction="right", count=2)
+    clip = train_demo.encode_clip(spec, recipe, tmp_path)
+    batch = train_demo.clip_batch(clip, prompts, np.random.default_rng(0), demo_token_ids().pad)
+    rows, suffix, prefix = batch.suffix.shape[0], batch.suffix.shape[1], batch.prefix.shape[1]
+    video = torch.nonzero(batch.prefix[0] == demo_token_ids().video).squeeze(-1)
+    on_target = torch.zeros(rows, 2, suffix, prefix + suffix)
+    for row, index in enumerate(batch.referents):
+        for head, frame in ((0, 0), (1, len(clip.soft_tokens) - 1)):
+            if index is None:
+                on_target[row, head, :, video] = 1.0 / len(video)
+                continue
+            tokens = video[torch.from_numpy(train_demo.referent_tokens(clip, index, frame))]
+            on_target[row, head, :, tokens] = 1.0 / len(tokens)
+    describe = batch.kinds.index("describe")
+    assert batch.referents[describe] == spec.mover
+    spread = on_target.clone()
+    spread[describe, :, :, :] = 0.0
+    spread[describe, :, :, video] = 1.0 / len(video)
+    named = ("colour", "shape", "direction")
+    assert float(train_demo.attention_loss([on_target], [batch], [clip])) < 0.01
+    assert float(train_demo.attention_loss([spread], [batch], [clip])) < 0.01          # describe not supervised
+    assert float(train_demo.attention_loss([on_target], [batch], [clip], named + ("describe",))) < 0.01
+    assert float(train_demo.attention_loss([spread], [batch], [clip], named + ("describe",))) > 0.2
