@@ -61,6 +61,11 @@ class DemoRecipe:
     single_shape_steps: int = 0          # curriculum option: one shape per clip for the first steps
     stage2_steps: int = 1200
     stage2_lr: float = 1e-3
+    # stage 3 (off at 0): one more stretch on the finished model, the LM probes back on; the position aids
+    # (track_weight, lm_probe_xy) act from stage position_stage on (1: all stages)
+    stage3_steps: int = 0
+    stage3_lr: float = 5e-4
+    position_stage: int = 1
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
     # shared_prefix: a clip's questions run on one forward of its prompt prefix (template + video) through
     # the KV cache (same gradients as separate sequences, fewer tokens per step); the LM-side aids need it.
@@ -576,7 +581,8 @@ def _aux_heads(recipe: DemoRecipe):
         "lm_colour": torch.nn.Linear(recipe.text_hidden, len(synthetic.COLORS) + 1),
         "lm_shape": torch.nn.Linear(recipe.text_hidden, len(synthetic.SHAPES) + 1),
         "track": torch.nn.Linear(recipe.text_hidden, 4),
-        "lm_xy": torch.nn.Linear(recipe.text_hidden, 2),
+        # only when used: an extra head draws from torch's RNG and would change every later stage's start
+        **({"lm_xy": torch.nn.Linear(recipe.text_hidden, 2)} if recipe.lm_probe_xy else {}),
     })
 
 
@@ -725,13 +731,19 @@ class Stage:
 def stages(recipe: DemoRecipe) -> tuple[Stage, ...]:
     """Stage 1 learns the language and the vision features; the small model starts reading the video
     late in stage 1 (around step 1400 of 2000 here), so stage 2 restarts the learning rate to finish."""
-    return (Stage("stage 1", 0, recipe.steps, recipe.lr, recipe.warmup),
-            Stage("stage 2", recipe.steps, recipe.stage2_steps, recipe.stage2_lr, 20))[: 2 if recipe.stage2_steps else 1]
+    out = [Stage("stage 1", 0, recipe.steps, recipe.lr, recipe.warmup)]
+    if recipe.stage2_steps:
+        out.append(Stage("stage 2", recipe.steps, recipe.stage2_steps, recipe.stage2_lr, 20))
+        if recipe.stage3_steps:
+            out.append(Stage("stage 3", recipe.steps + recipe.stage2_steps, recipe.stage3_steps, recipe.stage3_lr, 20))
+    return tuple(out)
 
 
-def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int = 1, start_model=None):
-    """Train from scratch (or from ``start_model``, a stage-1 result of the same recipe); returns the
-    model (eval mode) and the last held-out accuracy.
+def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int = 1, start_model=None,
+          start_after: int = 1):
+    """Train from scratch (or from ``start_model``, the result of stages 0..``start_after`` of the same
+    recipe: every stage starts from fresh seeds, optimizer and probes, so resuming gives the same model);
+    returns the model (eval mode) and the last held-out accuracy.
 
     One torch thread: on a small shared CPU, oversubscribed intra-op threads cost 3-10x; clip rendering and
     encoding run in ``workers`` separate processes instead."""
@@ -761,7 +773,7 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                 progress(f"stage 0: {recipe.vision_steps} steps on single frames, vision tower only")
                 pretrain_vision(model, _aux_heads(recipe), recipe, progress)
             for index, stage in enumerate(stages(recipe)):
-                if index == 0 and start_model is not None:
+                if start_model is not None and index < start_after:
                     continue
                 if index > 0:
                     torch.manual_seed(recipe.seed + index)
@@ -770,7 +782,7 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                 rng = np.random.default_rng(recipe.seed + index)
                 progress(f"{stage.name}: {stage.steps} steps, lr {stage.lr:g}")
                 accuracy = _train_loop(model, heads, optimizer, recipe, stage, prompts, pad, rng, Path(tmp), pool,
-                                       progress, probes=index == 0)
+                                       progress, probes=index in (0, 2), position=index + 1 >= recipe.position_stage)
     finally:
         torch.set_num_threads(threads)
         if implementation and model.config._attn_implementation != implementation:
@@ -876,7 +888,7 @@ def _optimizer(model, heads, recipe: DemoRecipe, stage: Stage):
                               {"params": other, "weight_decay": 0.0}], lr=stage.lr, betas=(0.9, 0.98))
 
 
-def _full_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool):
+def _full_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool, position: bool):
     """``shared_prefix=False`` (the shipped model's recipe): every question as its own full sequence."""
     input_ids, labels, mask, owners, keep = _full_batch(clips, prompts, rng, pad)
     logits, features = _full_forward(model, clips, input_ids, mask, owners, keep)
@@ -884,14 +896,17 @@ def _full_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool):
     return loss, ok, {"aux": (recipe.aux_weight, aux_loss(heads, features, clips))}
 
 
-def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool):
-    """Every question on its clip's shared prefix, plus the training aids the recipe turns on."""
+def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool, position: bool):
+    """Every question on its clip's shared prefix, plus the training aids the recipe turns on (the position
+    aids only where ``position``)."""
     import torch
+
+    track_weight = recipe.track_weight if position else 0.0
 
     batches = [clip_batch(c, prompts, rng, pad, recipe.every_question) for c in clips]
     probe_layer = recipe.lm_probe_layer if probes and recipe.lm_probe_weight else None
     outputs, features = _forward_shared(model, clips, batches, probe_layer,
-                                        recipe.track_layer if recipe.track_weight else None,
+                                        recipe.track_layer if track_weight else None,
                                         recipe.attend_layer if recipe.attend_weight else None)
     logits = torch.cat([o[0][:, :-1].reshape(-1, o[0].shape[-1]) for o in outputs])
     labels = torch.cat([b.labels[:, 1:].reshape(-1) for b in batches])
@@ -900,9 +915,9 @@ def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool)
     aids = {"aux": (recipe.aux_weight, aux_loss(heads, features, clips, recipe.outline_weight))}
     if probe_layer:
         aids["probe"] = (recipe.lm_probe_weight, lm_probe_loss(heads, [o[1] for o in outputs], clips,
-                                                                   recipe.lm_probe_xy))
-    if recipe.track_weight:
-        aids["track"] = (recipe.track_weight, track_loss(heads, outputs, batches, clips))
+                                                                   recipe.lm_probe_xy if position else 0.0))
+    if track_weight:
+        aids["track"] = (track_weight, track_loss(heads, outputs, batches, clips))
     if recipe.attend_weight:
         aids["attend"] = (recipe.attend_weight, attention_loss(
             [o[3] for o in outputs], batches, clips,
@@ -911,7 +926,7 @@ def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool)
 
 
 def _train_loop(model, heads, optimizer, recipe, stage: Stage, prompts, pad, rng, work: Path, pool, progress,
-                probes: bool = False) -> dict:
+                probes: bool = False, position: bool = True) -> dict:
     import torch
 
     accuracy: dict = {}
@@ -924,7 +939,7 @@ def _train_loop(model, heads, optimizer, recipe, stage: Stage, prompts, pad, rng
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(stage, step)
-        loss, ok, aids = losses(model, heads, recipe, clips, prompts, pad, rng, probes)
+        loss, ok, aids = losses(model, heads, recipe, clips, prompts, pad, rng, probes, position)
         optimizer.zero_grad(set_to_none=True)
         (loss + sum(weight * value for weight, value in aids.values())).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -962,24 +977,28 @@ def save_checkpoint(model, recipe: DemoRecipe, tokenizer_dir: Path, checkpoint_d
 
 def build_trained_demo(output_dir: str | Path, seed: int = 0, progress=print,
                        precisions: tuple[str, ...] = ("fp32", "q4"), recipe: DemoRecipe | None = None,
-                       stage1_checkpoint: str | Path | None = None) -> Path:
+                       stage1_checkpoint: str | Path | None = None, resume: str | Path | None = None,
+                       resume_after: int = 1) -> Path:
     """Train the demo from scratch and export it: ``output_dir/checkpoint`` (HF folder) + model folder.
 
-    ``stage1_checkpoint``: a checkpoint saved after stage 1 of the same recipe (``DemoRecipe(stage2_steps=0)``
-    writes one); training then runs stage 2 only, which gives the same result as a full run."""
+    ``resume``: a checkpoint saved after stage ``resume_after`` of the same recipe (``stage2_steps=0`` writes
+    one after stage 1; a recipe without stage 3 ends after stage 2); training runs the later stages only, which
+    gives the same result as a full run. ``stage1_checkpoint`` = ``resume`` after stage 1."""
     recipe = recipe or DemoRecipe(seed=seed)
-    start_model = None
     if stage1_checkpoint is not None:
+        resume, resume_after = stage1_checkpoint, 1
+    start_model = None
+    if resume is not None:
         from transformers import Gemma4ForConditionalGeneration
 
-        start_model = Gemma4ForConditionalGeneration.from_pretrained(stage1_checkpoint)
+        start_model = Gemma4ForConditionalGeneration.from_pretrained(resume)
     output = Path(output_dir)
     checkpoint = output / "checkpoint"
     with tempfile.TemporaryDirectory(prefix="edgevid-tok-") as tmp:
         tokenizer_dir = Path(tmp)
         build_task_tokenizer(tokenizer_dir)
         write_processor_config(tokenizer_dir, recipe)
-        model, accuracy = train(recipe, tokenizer_dir, progress, start_model=start_model)
+        model, accuracy = train(recipe, tokenizer_dir, progress, start_model=start_model, start_after=resume_after)
         save_checkpoint(model, recipe, tokenizer_dir, checkpoint)
     (checkpoint / "train_accuracy.json").write_text(json.dumps(accuracy, indent=2) + "\n", encoding="utf-8")
     return export_demo(checkpoint, output, recipe, precisions, progress)
@@ -1077,6 +1096,9 @@ def main(argv=None) -> None:
     parser.add_argument("--stage1-checkpoint", metavar="DIR", default=None,
                         help="resume after stage 1 (a checkpoint built with --stage2-steps 0 and the same recipe)")
     parser.add_argument("--stage2-steps", type=int, default=DemoRecipe.stage2_steps)
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="start from a checkpoint saved after stage --resume-after of the same recipe")
+    parser.add_argument("--resume-after", type=int, default=2)
     parser.add_argument("--package", metavar="DIR",
                         help="also copy the runtime files (fp32 + q4) and the sample clip here, e.g. edgevid/demo")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="shipped",
@@ -1092,6 +1114,7 @@ def main(argv=None) -> None:
         kind = type(getattr(recipe, name))
         recipe = replace(recipe, **{name: value.lower() in ("1", "true", "yes") if kind is bool else kind(value)})
     folder = build_trained_demo(args.output, seed=args.seed, recipe=recipe, stage1_checkpoint=args.stage1_checkpoint,
+                                resume=args.resume, resume_after=args.resume_after,
                                 precisions=tuple(args.precisions.split(",")))
     if args.package:
         package_demo(folder, args.package)

@@ -131,12 +131,13 @@ def test_position_probe_reads_the_cells_xy_only_when_asked(setup):
     """lm_probe_xy adds the cell's (x, y) to the language-model probe on video tokens (so the values the
     supervised heads fetch carry where the object is); at 0 the position head gets no gradient."""
     recipe, _, _, clips = setup
-    heads = train_demo._aux_heads(recipe)
+    assert "lm_xy" not in train_demo._aux_heads(recipe)     # unused heads would shift torch's RNG for later stages
+    heads = train_demo._aux_heads(dataclasses.replace(recipe, lm_probe_xy=10.0))
     hidden = [torch.randn(sum(c.soft_tokens), recipe.text_hidden, generator=torch.Generator().manual_seed(i))
               for i, c in enumerate(clips)]
     assert all(len(h) == len(c.xy_targets) for h, c in zip(hidden, clips))
     train_demo.lm_probe_loss(heads, hidden, clips).backward()
-    assert heads["lm_xy"].weight.grad is None
+    assert heads["lm_xy"].weight.grad is None and heads["lm_shape"].weight.grad is not None
     with_xy = train_demo.lm_probe_loss(heads, hidden, clips, xy_weight=10.0)
     with_xy.backward()
     assert with_xy > train_demo.lm_probe_loss(heads, hidden, clips)
@@ -171,3 +172,13 @@ def test_attention_supervision_points_descriptions_at_the_mover_when_asked(setup
     assert float(train_demo.attention_loss([spread], [batch], [clip])) < 0.01          # describe not supervised
     assert float(train_demo.attention_loss([on_target], [batch], [clip], named + ("describe",))) < 0.01
     assert float(train_demo.attention_loss([spread], [batch], [clip], named + ("describe",))) > 0.2
+
+
+def test_stage_three_follows_the_others_and_resumes_where_they_end():
+    """Stage 3's training clips continue the global step count (new clips, not a replay of stage 1), and a
+    recipe without it has the two stages the shipped models were trained with."""
+    recipe = dataclasses.replace(train_demo.DemoRecipe(), stage3_steps=300, stage3_lr=5e-4)
+    one, two, three = train_demo.stages(recipe)
+    assert (two.first_step, three.first_step, three.steps, three.lr) == (2000, 3200, 300, 5e-4)
+    assert len(train_demo.stages(train_demo.DemoRecipe(stage3_steps=0))) == 2
+    assert len(train_demo.stages(train_demo.DemoRecipe(stage2_steps=0, stage3_steps=300))) == 1
