@@ -565,7 +565,7 @@ def _forward_shared(model, clips: list[EncodedClip], batches: list[ClipBatch], h
     return outputs, encoded.last_hidden_state
 
 
-def _aux_heads(recipe: DemoRecipe):
+def _aux_heads(recipe: DemoRecipe, position: bool = True):
     """Linear probes on the vision tower's pooled soft tokens (colour, shape, position). A training aid
     only: dense targets from the renderer teach the small vision tower in far fewer steps; the probes
     are thrown away and the exported model is a plain Gemma 4."""
@@ -582,7 +582,7 @@ def _aux_heads(recipe: DemoRecipe):
         "lm_shape": torch.nn.Linear(recipe.text_hidden, len(synthetic.SHAPES) + 1),
         "track": torch.nn.Linear(recipe.text_hidden, 4),
         # only when used: an extra head draws from torch's RNG and would change every later stage's start
-        **({"lm_xy": torch.nn.Linear(recipe.text_hidden, 2)} if recipe.lm_probe_xy else {}),
+        **({"lm_xy": torch.nn.Linear(recipe.text_hidden, 2)} if recipe.lm_probe_xy and position else {}),
     })
 
 
@@ -771,18 +771,19 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
         with tempfile.TemporaryDirectory(prefix="edgevid-train-") as tmp:
             if start_model is None and recipe.vision_steps:
                 progress(f"stage 0: {recipe.vision_steps} steps on single frames, vision tower only")
-                pretrain_vision(model, _aux_heads(recipe), recipe, progress)
+                pretrain_vision(model, _aux_heads(recipe, position=False), recipe, progress)
             for index, stage in enumerate(stages(recipe)):
                 if start_model is not None and index < start_after:
                     continue
                 if index > 0:
                     torch.manual_seed(recipe.seed + index)
-                heads = _aux_heads(recipe)
+                position = index + 1 >= recipe.position_stage
+                heads = _aux_heads(recipe, position)
                 optimizer = _optimizer(model, heads, recipe, stage)
                 rng = np.random.default_rng(recipe.seed + index)
                 progress(f"{stage.name}: {stage.steps} steps, lr {stage.lr:g}")
                 accuracy = _train_loop(model, heads, optimizer, recipe, stage, prompts, pad, rng, Path(tmp), pool,
-                                       progress, probes=index in (0, 2), position=index + 1 >= recipe.position_stage)
+                                       progress, probes=index in (0, 2), position=position)
     finally:
         torch.set_num_threads(threads)
         if implementation and model.config._attn_implementation != implementation:

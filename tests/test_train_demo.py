@@ -132,6 +132,7 @@ def test_position_probe_reads_the_cells_xy_only_when_asked(setup):
     supervised heads fetch carry where the object is); at 0 the position head gets no gradient."""
     recipe, _, _, clips = setup
     assert "lm_xy" not in train_demo._aux_heads(recipe)     # unused heads would shift torch's RNG for later stages
+    assert "lm_xy" not in train_demo._aux_heads(dataclasses.replace(recipe, lm_probe_xy=10.0), position=False)
     heads = train_demo._aux_heads(dataclasses.replace(recipe, lm_probe_xy=10.0))
     hidden = [torch.randn(sum(c.soft_tokens), recipe.text_hidden, generator=torch.Generator().manual_seed(i))
               for i, c in enumerate(clips)]
