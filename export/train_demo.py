@@ -63,9 +63,9 @@ class DemoRecipe:
     stage2_lr: float = 1e-3
     # stage 3 (off at 0): one more stretch on the finished model, the LM probes back on; the position aids
     # (track_weight, lm_probe_xy) act from stage position_stage on (1: all stages)
-    stage3_steps: int = 0
-    stage3_lr: float = 5e-4
-    position_stage: int = 1
+    stage3_steps: int = 2400
+    stage3_lr: float = 1e-3
+    position_stage: int = 3
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
     # shared_prefix: a clip's questions run on one forward of its prompt prefix (template + video) through
     # the KV cache (same gradients as separate sequences, fewer tokens per step); the LM-side aids need it.
@@ -91,11 +91,11 @@ class DemoRecipe:
     # stage 1 only: colour / shape probes on the language model's hidden state at every video token
     lm_probe_layer: int = 2              # hidden_states index (output of decoder layer lm_probe_layer - 1)
     lm_probe_weight: float = 0.5
-    lm_probe_xy: float = 0.0             # weight of the cell's (x, y) in that probe (values then carry position)
+    lm_probe_xy: float = 10.0            # weight of the cell's (x, y) in that probe (values then carry position)
     # track probe (see track_loss): at every answer position, the hidden state after track_layer decoder
     # layers gives the (x, y) of the object the question is about in the first and the last frame (off)
     track_layer: int = 3
-    track_weight: float = 0.0
+    track_weight: float = 10.0
     # attention supervision (see attention_loss): in decoder layer attend_layer, at every answer position,
     # head 0 looks at the asked-about object in the first frame and head 1 at it in the last frame
     attend_layer: int = 2
@@ -111,7 +111,7 @@ class DemoRecipe:
 # The first shipped model's recipe (full sequences, Gemma 4's own init, no stage 0, dense vision aid only).
 FIRST_RECIPE = DemoRecipe(sliding_window=256, eval_every=100, shared_prefix=False, vision_position_std=0.0,
                           vision_patch_std=0.0, vision_post_norm=0.0, vision_steps=0, lm_probe_weight=0.0,
-                          attend_weight=0.0)
+                          attend_weight=0.0, track_weight=0.0, lm_probe_xy=0.0, stage3_steps=0)
 RECIPES = {"shipped": DemoRecipe(), "first": FIRST_RECIPE}
 
 

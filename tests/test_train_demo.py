@@ -131,7 +131,8 @@ def test_position_probe_reads_the_cells_xy_only_when_asked(setup):
     """lm_probe_xy adds the cell's (x, y) to the language-model probe on video tokens (so the values the
     supervised heads fetch carry where the object is); at 0 the position head gets no gradient."""
     recipe, _, _, clips = setup
-    assert "lm_xy" not in train_demo._aux_heads(recipe)     # unused heads would shift torch's RNG for later stages
+    # an unused head would shift torch's RNG for the later stages
+    assert "lm_xy" not in train_demo._aux_heads(dataclasses.replace(recipe, lm_probe_xy=0.0))
     assert "lm_xy" not in train_demo._aux_heads(dataclasses.replace(recipe, lm_probe_xy=10.0), position=False)
     heads = train_demo._aux_heads(dataclasses.replace(recipe, lm_probe_xy=10.0))
     hidden = [torch.randn(sum(c.soft_tokens), recipe.text_hidden, generator=torch.Generator().manual_seed(i))
