@@ -96,6 +96,11 @@ class DemoRecipe:
     # layers gives the (x, y) of the object the question is about in the first and the last frame (off)
     track_layer: int = 3
     track_weight: float = 10.0
+    # with the track probe: whether that object moves at all (a logit from the same hidden state; the
+    # answer's "moves" / "stands" token otherwise stays at its prior), and an extra weight on the answer
+    # tokens that decide it ("moves", "stands", "stand": one token in ~80 per step)
+    track_motion: float = 0.0
+    decision_weight: float = 1.0
     # attention supervision (see attention_loss): in decoder layer attend_layer, at every answer position,
     # head 0 looks at the asked-about object in the first frame and head 1 at it in the last frame
     attend_layer: int = 2
@@ -349,6 +354,17 @@ class PromptBuilder:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    @property
+    def decision_ids(self) -> tuple[int, ...]:
+        """The answer words that say whether a shape moves ("moves", "stands", "stand")."""
+        ids = []
+        for word in ("moves", "stands", "stand"):
+            pieces = self.tokenizer.encode(f"a {word}", add_special_tokens=False).ids
+            if len(pieces) != 2:
+                raise ValueError(f"{word!r} is not one token of the task tokenizer")
+            ids.append(pieces[-1])
+        return tuple(ids)
+
 
 def train_seed(recipe: DemoRecipe, step: int, k: int) -> int:
     return (recipe.seed * 7_919 + step * recipe.clips_per_step + k) % HELD_OUT_SEED_BASE
@@ -501,12 +517,14 @@ def clip_video_id() -> int:
     return demo_token_ids().video
 
 
-def track_loss(heads, outputs, batches: list[ClipBatch], clips: list[EncodedClip]):
-    """Mean squared error of the track probe over every answer position of every row with a referent."""
+def track_loss(heads, outputs, batches: list[ClipBatch], clips: list[EncodedClip], motion_weight: float = 0.0):
+    """Mean squared error of the track probe over every answer position of every row with a referent; with
+    ``motion_weight``, plus that weight times the binary cross-entropy of the motion probe (does the object
+    move at all) over the same positions."""
     import torch
     import torch.nn.functional as F
 
-    states, targets = [], []
+    states, targets, moving = [], [], []
     for (_, _, hidden, _), batch, clip in zip(outputs, batches, clips):
         for row, index in enumerate(batch.referents):
             if index is None:
@@ -514,9 +532,14 @@ def track_loss(heads, outputs, batches: list[ClipBatch], clips: list[EncodedClip
             positions = torch.nonzero(batch.labels[row, 1:] != -100).squeeze(-1)
             states.append(hidden[row, positions])
             targets.append(torch.from_numpy(track_targets(clip, index)).expand(len(positions), 4))
+            moving.append(torch.full((len(positions), 1), float(index == clip.spec.mover)))
     if not states:
         return torch.zeros(())
-    return F.mse_loss(heads["track"](_rms(torch.cat(states))), torch.cat(targets))
+    x = _rms(torch.cat(states))
+    loss = F.mse_loss(heads["track"](x), torch.cat(targets))
+    if motion_weight:
+        loss = loss + motion_weight * F.binary_cross_entropy_with_logits(heads["motion"](x), torch.cat(moving))
+    return loss
 
 
 def _forward_shared(model, clips: list[EncodedClip], batches: list[ClipBatch], hidden_layer: int | None = None,
@@ -583,6 +606,7 @@ def _aux_heads(recipe: DemoRecipe, position: bool = True):
         "track": torch.nn.Linear(recipe.text_hidden, 4),
         # only when used: an extra head draws from torch's RNG and would change every later stage's start
         **({"lm_xy": torch.nn.Linear(recipe.text_hidden, 2)} if recipe.lm_probe_xy and position else {}),
+        **({"motion": torch.nn.Linear(recipe.text_hidden, 1)} if recipe.track_motion and position else {}),
     })
 
 
@@ -666,6 +690,19 @@ def answer_loss_and_hits(logits, labels):
                            ignore_index=-100)
     wrong = (shift_logits.argmax(-1) != shift_labels) & (shift_labels != -100)
     return loss, ~wrong.any(dim=1)
+
+
+def answer_loss(logits, labels, weighted_ids=(), weight: float = 1.0):
+    """Cross-entropy over answer tokens (``labels`` -100 elsewhere); tokens whose label is in ``weighted_ids``
+    count ``weight`` times (the mean still divides by the number of answer tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not len(weighted_ids):
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    per_token = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
+    scale = torch.where(torch.isin(labels, torch.tensor(list(weighted_ids))), weight, 1.0)
+    return (per_token * scale).sum() / (labels != -100).sum().clamp(min=1)
 
 
 def _learning_rate(stage, step: int) -> float:
@@ -911,14 +948,15 @@ def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool,
                                         recipe.attend_layer if recipe.attend_weight else None)
     logits = torch.cat([o[0][:, :-1].reshape(-1, o[0].shape[-1]) for o in outputs])
     labels = torch.cat([b.labels[:, 1:].reshape(-1) for b in batches])
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+    loss = answer_loss(logits, labels, prompts.decision_ids if recipe.decision_weight != 1.0 else (),
+                       recipe.decision_weight)
     ok = torch.cat([answer_loss_and_hits(o[0], b.labels)[1] for o, b in zip(outputs, batches)])
     aids = {"aux": (recipe.aux_weight, aux_loss(heads, features, clips, recipe.outline_weight))}
     if probe_layer:
         aids["probe"] = (recipe.lm_probe_weight, lm_probe_loss(heads, [o[1] for o in outputs], clips,
                                                                    recipe.lm_probe_xy if position else 0.0))
     if track_weight:
-        aids["track"] = (track_weight, track_loss(heads, outputs, batches, clips))
+        aids["track"] = (track_weight, track_loss(heads, outputs, batches, clips, recipe.track_motion))
     if recipe.attend_weight:
         aids["attend"] = (recipe.attend_weight, attention_loss(
             [o[3] for o in outputs], batches, clips,
