@@ -184,3 +184,51 @@ def test_stage_three_follows_the_others_and_resumes_where_they_end():
     assert (two.first_step, three.first_step, three.steps, three.lr) == (2000, 3200, 300, 5e-4)
     assert len(train_demo.stages(train_demo.DemoRecipe(stage3_steps=0))) == 2
     assert len(train_demo.stages(train_demo.DemoRecipe(stage2_steps=0, stage3_steps=300))) == 1
+
+
+def test_decision_tokens_weigh_more_only_when_asked(setup):
+    """answer_loss at weight 1 is the plain mean cross-entropy; with a weight, only the "moves" / "stands" /
+    "stand" answer tokens count more."""
+    _, prompts, _, _ = setup
+    decision = prompts.decision_ids
+    assert len(set(decision)) == 3 and [prompts.decode([i]).strip() for i in decision] == ["moves", "stands", "stand"]
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 1024, generator=gen)
+    labels = torch.tensor([decision[0], 5, -100, decision[1], 7, 9])
+    plain = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+    assert torch.allclose(train_demo.answer_loss(logits, labels), plain)
+    assert torch.allclose(train_demo.answer_loss(logits, labels, decision, 1.0), plain)
+    per_token = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="none")
+    expected = (per_token.sum() + 4 * (per_token[0] + per_token[3])) / 5
+    assert torch.allclose(train_demo.answer_loss(logits, labels, decision, 5.0), expected)
+
+
+def test_motion_probe_says_whether_the_named_shape_moves(setup, tmp_path):
+    """track_motion adds a moves-at-all logit to the track probe: target 1 on the mover's rows, 0 on a still
+    shape's; the head exists only when used (an unused head would shift torch's RNG)."""
+    recipe, prompts, _, _ = setup
+    assert "motion" not in train_demo._aux_heads(recipe)
+    assert "motion" not in train_demo._aux_heads(dataclasses.replace(recipe, track_motion=1.0), position=False)
+    heads = train_demo._aux_heads(dataclasses.replace(recipe, track_motion=1.0))
+    spec = synthetic.make_clip_spec(11, direction="right", count=2)
+    clip = train_demo.encode_clip(spec, recipe, tmp_path)
+    batch = train_demo.clip_batch(clip, prompts, np.random.default_rng(0), demo_token_ids().pad, every_question=True)
+    hidden = torch.randn(*batch.suffix.shape, recipe.text_hidden, generator=torch.Generator().manual_seed(0))
+    outputs = [(None, None, hidden, None)]
+    plain = train_demo.track_loss(heads, outputs, [batch], [clip])
+    plain.backward()
+    assert heads["motion"].weight.grad is None
+    # a motion head that reads a feature the hidden state carries on the mover's rows only costs ~0
+    mover_rows = torch.tensor([r == spec.mover for r in batch.referents])
+    assert 0 < int(mover_rows.sum()) < sum(r is not None for r in batch.referents)
+    hidden[:, :, 0] = torch.where(mover_rows[:, None], 3.0, -3.0)
+    with torch.no_grad():
+        heads["motion"].weight.zero_()
+        heads["motion"].weight[0, 0] = 10.0
+        heads["motion"].bias.zero_()
+    with torch.no_grad():
+        good = train_demo.track_loss(heads, outputs, [batch], [clip], motion_weight=1.0)
+        assert float(good - train_demo.track_loss(heads, outputs, [batch], [clip])) < 0.01
+        heads["motion"].weight.neg_()
+        assert float(train_demo.track_loss(heads, outputs, [batch], [clip], motion_weight=1.0)
+                     - train_demo.track_loss(heads, outputs, [batch], [clip])) > 1.0
