@@ -100,6 +100,7 @@ class DemoRecipe:
     # answer's "moves" / "stands" token otherwise stays at its prior), and an extra weight on the answer
     # tokens that decide it ("moves", "stands", "stand": one token in ~80 per step)
     track_motion: float = 0.0
+    motion_layer: int = 0                # hidden_states index the motion probe reads (0: track_layer's)
     decision_weight: float = 1.0
     # attention supervision (see attention_loss): in decoder layer attend_layer, at every answer position,
     # head 0 looks at the asked-about object in the first frame and head 1 at it in the last frame
@@ -520,36 +521,41 @@ def clip_video_id() -> int:
 def track_loss(heads, outputs, batches: list[ClipBatch], clips: list[EncodedClip], motion_weight: float = 0.0):
     """Mean squared error of the track probe over every answer position of every row with a referent; with
     ``motion_weight``, plus that weight times the binary cross-entropy of the motion probe (does the object
-    move at all) over the same positions."""
+    move at all) over the same positions, read from the outputs' motion hidden state if they have one."""
     import torch
     import torch.nn.functional as F
 
-    states, targets, moving = [], [], []
-    for (_, _, hidden, _), batch, clip in zip(outputs, batches, clips):
+    states, motion_states, targets, moving = [], [], [], []
+    for output, batch, clip in zip(outputs, batches, clips):
+        hidden = output[2]
+        motion_hidden = output[4] if len(output) > 4 and output[4] is not None else hidden
         for row, index in enumerate(batch.referents):
             if index is None:
                 continue
             positions = torch.nonzero(batch.labels[row, 1:] != -100).squeeze(-1)
             states.append(hidden[row, positions])
+            motion_states.append(motion_hidden[row, positions])
             targets.append(torch.from_numpy(track_targets(clip, index)).expand(len(positions), 4))
             moving.append(torch.full((len(positions), 1), float(index == clip.spec.mover)))
     if not states:
         return torch.zeros(())
-    x = _rms(torch.cat(states))
-    loss = F.mse_loss(heads["track"](x), torch.cat(targets))
+    loss = F.mse_loss(heads["track"](_rms(torch.cat(states))), torch.cat(targets))
     if motion_weight:
-        loss = loss + motion_weight * F.binary_cross_entropy_with_logits(heads["motion"](x), torch.cat(moving))
+        loss = loss + motion_weight * F.binary_cross_entropy_with_logits(heads["motion"](_rms(torch.cat(motion_states))),
+                                                                         torch.cat(moving))
     return loss
 
 
 def _forward_shared(model, clips: list[EncodedClip], batches: list[ClipBatch], hidden_layer: int | None = None,
-                    suffix_layer: int | None = None, attend_layer: int | None = None):
+                    suffix_layer: int | None = None, attend_layer: int | None = None,
+                    motion_layer: int | None = None):
     """Vision tower once for all clips; per clip the prefix once (with its video), then every question on
     the prefix's KV cache. The same logits as running each full sequence (transformers' cached forward,
     what ``generate`` does), at a fraction of the cost: the ~280-token prefix is computed once, not 5 times.
     Returns per clip (suffix logits [Q, S, V], hidden state ``hidden_layer`` at the prefix's video tokens,
-    hidden state ``suffix_layer`` of the suffix rows [Q, S, H]; None when not asked) and the vision tower's
-    soft-token features."""
+    hidden state ``suffix_layer`` of the suffix rows [Q, S, H], the attention weights of ``attend_layer``,
+    hidden state ``motion_layer`` of the suffix rows; None when not asked) and the vision tower's soft-token
+    features."""
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -580,9 +586,11 @@ def _forward_shared(model, clips: list[EncodedClip], batches: list[ClipBatch], h
         cache.batch_repeat_interleave(rows)
         mask = torch.cat([torch.ones(rows, batch.prefix.shape[1], dtype=torch.long), batch.mask], dim=1)
         out = model(input_ids=batch.suffix, attention_mask=mask, use_cache=True,
-                    output_hidden_states=suffix_layer is not None, **with_cache(model, cache))
+                    output_hidden_states=suffix_layer is not None or motion_layer is not None,
+                    **with_cache(model, cache))
         outputs.append((out.logits, hidden, None if suffix_layer is None else out.hidden_states[suffix_layer],
-                        captured[-1] if captured else None))
+                        captured[-1] if captured else None,
+                        None if motion_layer is None else out.hidden_states[motion_layer]))
     if hook is not None:
         hook.remove()
     return outputs, encoded.last_hidden_state
@@ -945,7 +953,9 @@ def _shared_losses(model, heads, recipe, clips, prompts, pad, rng, probes: bool,
     probe_layer = recipe.lm_probe_layer if probes and recipe.lm_probe_weight else None
     outputs, features = _forward_shared(model, clips, batches, probe_layer,
                                         recipe.track_layer if track_weight else None,
-                                        recipe.attend_layer if recipe.attend_weight else None)
+                                        recipe.attend_layer if recipe.attend_weight else None,
+                                        recipe.motion_layer if track_weight and recipe.track_motion
+                                        and recipe.motion_layer else None)
     logits = torch.cat([o[0][:, :-1].reshape(-1, o[0].shape[-1]) for o in outputs])
     labels = torch.cat([b.labels[:, 1:].reshape(-1) for b in batches])
     loss = answer_loss(logits, labels, prompts.decision_ids if recipe.decision_weight != 1.0 else (),
