@@ -66,6 +66,11 @@ class DemoRecipe:
     stage3_steps: int = 2400
     stage3_lr: float = 1e-3
     position_stage: int = 3
+    # stage 4 (off at 0, needs stage 3): only decoder layers >= stage4_from_layer and the final norm train,
+    # everything that finds and describes the objects stays as it is
+    stage4_steps: int = 0
+    stage4_lr: float = 3e-3
+    stage4_from_layer: int = 3
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
     # shared_prefix: a clip's questions run on one forward of its prompt prefix (template + video) through
     # the KV cache (same gradients as separate sequences, fewer tokens per step); the LM-side aids need it.
@@ -781,7 +786,20 @@ def stages(recipe: DemoRecipe) -> tuple[Stage, ...]:
         out.append(Stage("stage 2", recipe.steps, recipe.stage2_steps, recipe.stage2_lr, 20))
         if recipe.stage3_steps:
             out.append(Stage("stage 3", recipe.steps + recipe.stage2_steps, recipe.stage3_steps, recipe.stage3_lr, 20))
+            if recipe.stage4_steps:
+                out.append(Stage("stage 4", recipe.steps + recipe.stage2_steps + recipe.stage3_steps,
+                                 recipe.stage4_steps, recipe.stage4_lr, 20))
     return tuple(out)
+
+
+def stage_trains(recipe: DemoRecipe, index: int, name: str) -> bool:
+    """Whether parameter ``name`` trains in stage ``index`` (0-based, as in ``stages``): stage 4 (index 3)
+    trains only the top decoder layers and the final norm, the others everything."""
+    if index < 3:
+        return True
+    prefix = "model.language_model."
+    top = tuple(f"{prefix}layers.{i}." for i in range(recipe.stage4_from_layer, 64))
+    return name.startswith(top) or name == f"{prefix}norm.weight"
 
 
 def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int = 1, start_model=None,
@@ -823,6 +841,8 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                 if index > 0:
                     torch.manual_seed(recipe.seed + index)
                 position = index + 1 >= recipe.position_stage
+                for name, parameter in model.named_parameters():
+                    parameter.requires_grad_(stage_trains(recipe, index, name))
                 heads = _aux_heads(recipe, position)
                 optimizer = _optimizer(model, heads, recipe, stage)
                 rng = np.random.default_rng(recipe.seed + index)
@@ -831,6 +851,8 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                                        progress, probes=index in (0, 2), position=position)
     finally:
         torch.set_num_threads(threads)
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
         if implementation and model.config._attn_implementation != implementation:
             model.set_attn_implementation(implementation)
         if pool is not None:
@@ -927,7 +949,7 @@ def pretrain_vision(model, heads, recipe: DemoRecipe, progress=print) -> None:
 def _optimizer(model, heads, recipe: DemoRecipe, stage: Stage):
     import torch
 
-    named = list(model.named_parameters()) + list(heads.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + list(heads.named_parameters())
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},

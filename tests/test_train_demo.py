@@ -232,3 +232,18 @@ def test_motion_probe_says_whether_the_named_shape_moves(setup, tmp_path):
         heads["motion"].weight.neg_()
         assert float(train_demo.track_loss(heads, outputs, [batch], [clip], motion_weight=1.0)
                      - train_demo.track_loss(heads, outputs, [batch], [clip])) > 1.0
+
+
+def test_stage_four_trains_only_the_top_layers():
+    """Stage 4 (after stage 3) trains decoder layers >= stage4_from_layer and the final norm; the vision
+    tower, the embeddings and the lower layers stay frozen; the first three stages train everything."""
+    recipe = dataclasses.replace(train_demo.DemoRecipe(), stage4_steps=500)
+    four = train_demo.stages(recipe)[3]
+    assert (four.name, four.first_step, four.steps) == ("stage 4", 5600, 500)
+    assert len(train_demo.stages(dataclasses.replace(recipe, stage3_steps=0))) == 2
+    names = ["model.language_model.layers.3.mlp.up_proj.weight", "model.language_model.layers.4.self_attn.q_proj.weight",
+             "model.language_model.norm.weight", "model.language_model.layers.2.mlp.up_proj.weight",
+             "model.language_model.embed_tokens.weight", "model.vision_tower.encoder.layers.0.mlp.up_proj.linear.weight",
+             "model.language_model.layers.30.mlp.up_proj.weight"]
+    assert [train_demo.stage_trains(recipe, 3, n) for n in names] == [True, True, True, False, False, False, True]
+    assert all(train_demo.stage_trains(recipe, i, n) for i in range(3) for n in names)
