@@ -71,6 +71,8 @@ class DemoRecipe:
     stage4_steps: int = 0
     stage4_lr: float = 3e-3
     stage4_from_layer: int = 3
+    # every question a clip supports (direction about each shape: ~6x the moves / stands answers of stage 3)
+    stage4_clips_per_step: int = 6
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
     # shared_prefix: a clip's questions run on one forward of its prompt prefix (template + video) through
     # the KV cache (same gradients as separate sequences, fewer tokens per step); the LM-side aids need it.
@@ -847,7 +849,9 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                 optimizer = _optimizer(model, heads, recipe, stage)
                 rng = np.random.default_rng(recipe.seed + index)
                 progress(f"{stage.name}: {stage.steps} steps, lr {stage.lr:g}")
-                accuracy = _train_loop(model, heads, optimizer, recipe, stage, prompts, pad, rng, Path(tmp), pool,
+                stage_recipe = recipe if index < 3 else replace(
+                    recipe, clips_per_step=recipe.stage4_clips_per_step, every_question=True)
+                accuracy = _train_loop(model, heads, optimizer, stage_recipe, stage, prompts, pad, rng, Path(tmp), pool,
                                        progress, probes=index in (0, 2), position=position)
     finally:
         torch.set_num_threads(threads)

@@ -240,6 +240,7 @@ def test_stage_four_trains_only_the_top_layers():
     recipe = dataclasses.replace(train_demo.DemoRecipe(), stage4_steps=500)
     four = train_demo.stages(recipe)[3]
     assert (four.name, four.first_step, four.steps) == ("stage 4", 5600, 500)
+    assert recipe.stage4_clips_per_step > recipe.clips_per_step
     assert len(train_demo.stages(dataclasses.replace(recipe, stage3_steps=0))) == 2
     names = ["model.language_model.layers.3.mlp.up_proj.weight", "model.language_model.layers.4.self_attn.q_proj.weight",
              "model.language_model.norm.weight", "model.language_model.layers.2.mlp.up_proj.weight",
