@@ -1,6 +1,6 @@
 """Train the shipped demo model: a tiny Gemma 4 that answers questions about synthetic shape clips.
 
-    python -m edgevid_export.train_demo --output build/demo          # ~30-45 min of one CPU core
+    python -m edgevid_export.train_demo --output build/demo          # ~95 min of one CPU core
     build_trained_demo(output_dir, seed=0, progress=print)           # the same from Python
 
 Steps: (1) a Gemma 4 tokenizer laid out like the demo helper's (same special tokens, ids, chat template,
@@ -13,7 +13,8 @@ token and per object, position); (4) stages 1 and 2 on freshly generated clips (
 that go through the runtime's own path: H.264 MP4 -> ``edgevid.media.sample_video`` ->
 ``edgevid.model.preprocess`` -> the chat template with per-frame ``mm:ss <|image>…<image|>`` expansion; the
 loss covers answer tokens only, plus training aids whose probes are thrown away (see ``DemoRecipe``); every
-clip's five questions share one forward of its prompt prefix through the KV cache; (5) ``save_pretrained``
+clip's five questions share one forward of its prompt prefix through the KV cache; stage 3 adds the position
+aids, stage 4 trains only the top decoder layers on many more moves / stands answers; (5) ``save_pretrained``
 into ``output/checkpoint`` and ``export_model`` into ``output``.
 """
 from __future__ import annotations
@@ -61,18 +62,20 @@ class DemoRecipe:
     single_shape_steps: int = 0          # curriculum option: one shape per clip for the first steps
     stage2_steps: int = 1200
     stage2_lr: float = 1e-3
-    # stage 3 (off at 0): one more stretch on the finished model, the LM probes back on; the position aids
+    # stage 3 (0: off): one more stretch on the finished model, the LM probes back on; the position aids
     # (track_weight, lm_probe_xy) act from stage position_stage on (1: all stages)
     stage3_steps: int = 2400
     stage3_lr: float = 1e-3
     position_stage: int = 3
-    # stage 4 (off at 0, needs stage 3): only decoder layers >= stage4_from_layer and the final norm train,
-    # everything that finds and describes the objects stays as it is
-    stage4_steps: int = 0
+    # stage 4 (0: off; needs stage 3): only decoder layers >= stage4_from_layer and the final norm train,
+    # everything that finds the objects and reads their positions stays as it is; every question a clip
+    # supports, of stage4_clips_per_step clips (direction about each shape: ~15 moves / stands answers per
+    # step where stage 3 has ~0.4), those answer tokens weighted stage4_decision_weight
+    stage4_steps: int = 600
     stage4_lr: float = 3e-3
     stage4_from_layer: int = 3
-    # every question a clip supports (direction about each shape: ~6x the moves / stands answers of stage 3)
     stage4_clips_per_step: int = 6
+    stage4_decision_weight: float = 3.0
     aux_weight: float = 0.5              # dense vision targets (training aid, see aux_loss)
     # shared_prefix: a clip's questions run on one forward of its prompt prefix (template + video) through
     # the KV cache (same gradients as separate sequences, fewer tokens per step); the LM-side aids need it.
@@ -124,7 +127,7 @@ class DemoRecipe:
 # The first shipped model's recipe (full sequences, Gemma 4's own init, no stage 0, dense vision aid only).
 FIRST_RECIPE = DemoRecipe(sliding_window=256, eval_every=100, shared_prefix=False, vision_position_std=0.0,
                           vision_patch_std=0.0, vision_post_norm=0.0, vision_steps=0, lm_probe_weight=0.0,
-                          attend_weight=0.0, track_weight=0.0, lm_probe_xy=0.0, stage3_steps=0)
+                          attend_weight=0.0, track_weight=0.0, lm_probe_xy=0.0, stage3_steps=0, stage4_steps=0)
 RECIPES = {"shipped": DemoRecipe(), "first": FIRST_RECIPE}
 
 
@@ -850,7 +853,8 @@ def train(recipe: DemoRecipe, tokenizer_dir: Path, progress=print, workers: int 
                 rng = np.random.default_rng(recipe.seed + index)
                 progress(f"{stage.name}: {stage.steps} steps, lr {stage.lr:g}")
                 stage_recipe = recipe if index < 3 else replace(
-                    recipe, clips_per_step=recipe.stage4_clips_per_step, every_question=True)
+                    recipe, clips_per_step=recipe.stage4_clips_per_step, every_question=True,
+                    decision_weight=recipe.stage4_decision_weight)
                 accuracy = _train_loop(model, heads, optimizer, stage_recipe, stage, prompts, pad, rng, Path(tmp), pool,
                                        progress, probes=index in (0, 2), position=position)
     finally:

@@ -180,7 +180,7 @@ def test_stage_three_follows_the_others_and_resumes_where_they_end():
     """Stage 3's training clips continue the global step count (new clips, not a replay of stage 1), and a
     recipe without it has the two stages the shipped models were trained with."""
     recipe = dataclasses.replace(train_demo.DemoRecipe(), stage3_steps=300, stage3_lr=5e-4)
-    one, two, three = train_demo.stages(recipe)
+    one, two, three, _ = train_demo.stages(recipe)
     assert (two.first_step, three.first_step, three.steps, three.lr) == (2000, 3200, 300, 5e-4)
     assert len(train_demo.stages(train_demo.DemoRecipe(stage3_steps=0))) == 2
     assert len(train_demo.stages(train_demo.DemoRecipe(stage2_steps=0, stage3_steps=300))) == 1
