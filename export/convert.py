@@ -50,6 +50,9 @@ def load_checkpoint(source: str):
         from transformers.utils import logging as transformers_logging
     except ImportError as exc:  # pragma: no cover - guarded by the CLI as well
         raise ExportError(f'edgevid export needs torch and transformers: pip install "edgevid[export]" ({exc})') from exc
+    from .compat import check_version
+
+    check_version()
     folder = Path(source)
     if not folder.exists() and (source.startswith((".", "/", "\\")) or ":" in source[:3]):
         raise ExportError(f"checkpoint folder not found: {source}", source=source)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .compat import attention_scaling, norm_eps, norm_weight, rope_tables
+
 MASK_VALUE = -1.0e9
 
 
@@ -102,9 +104,10 @@ class DecoderLayout:
 def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """Gemma4RMSNorm, written as a division by Sqrt so onnxruntime fuses it."""
     x32 = x.float()
-    out = x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + norm.eps)
-    if norm.with_scale:
-        out = out * norm.weight.float()
+    out = x32 / torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + norm_eps(norm))
+    weight = norm_weight(norm)
+    if weight is not None:
+        out = out * weight.float()
     return out.to(x.dtype)
 
 
@@ -166,9 +169,7 @@ class DecoderGraph(nn.Module):
         return torch.cat([pad, same], dim=2)
 
     def _rope(self, position_ids, layer_type, dtype):
-        rotary = self.text.rotary_emb
-        inv_freq = getattr(rotary, f"{layer_type}_inv_freq")
-        scaling = getattr(rotary, f"{layer_type}_attention_scaling")
+        inv_freq, scaling = rope_tables(self.text.rotary_emb, layer_type)
         freqs = position_ids[..., None].float() * inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
@@ -201,7 +202,7 @@ class DecoderGraph(nn.Module):
             shared[i] = present
         if self.layout.layer_types[i] == "sliding_attention":
             k, v, mask = self._window(k, v, mask, s)
-        return attn.o_proj(self._grouped_attention(q, k, v, mask, attn.scaling)), present
+        return attn.o_proj(self._grouped_attention(q, k, v, mask, attention_scaling(attn))), present
 
     def _window(self, k, v, mask, rows):
         """Sliding layers: only the last ``rows + sliding_window - 1`` cache slots can be inside the window

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
 
+from .compat import apply_vision_rope, attention_scaling
 from .decoder import rms_norm
 
 MASK_VALUE = -1.0e9
@@ -60,8 +60,8 @@ class VisionEncoderGraph(nn.Module):
         """Gemma4VisionAttention (eager numerics: scaling 1.0, fp32 softmax) with an additive mask."""
         shape = (*h.shape[:-1], -1, attn.head_dim)
         cos, sin = rope
-        q = apply_multidimensional_rope(rms_norm(attn.q_proj(h).view(shape), attn.q_norm), cos, sin, positions)
-        k = apply_multidimensional_rope(rms_norm(attn.k_proj(h).view(shape), attn.k_norm), cos, sin, positions)
+        q = apply_vision_rope(rms_norm(attn.q_proj(h).view(shape), attn.q_norm), cos, sin, positions)
+        k = apply_vision_rope(rms_norm(attn.k_proj(h).view(shape), attn.k_norm), cos, sin, positions)
         v = rms_norm(attn.v_proj(h).view(shape), attn.v_norm).transpose(1, 2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         groups = attn.num_key_value_groups
@@ -69,8 +69,9 @@ class VisionEncoderGraph(nn.Module):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         scores = torch.matmul(q, k.transpose(2, 3))
-        if attn.scaling != 1.0:
-            scores = scores * attn.scaling
+        scaling = attention_scaling(attn)
+        if scaling != 1.0:
+            scores = scores * scaling
         probs = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(*h.shape[:-1], -1)
         return attn.o_proj(out)
