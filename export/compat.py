@@ -14,7 +14,7 @@ import torch
 
 log = logging.getLogger("edgevid.export")
 
-TESTED = ("5.5.0", "5.25.0")          # oldest and newest transformers the export tests run on in CI
+TESTED = ("5.23.0", "5.25.0")         # oldest and newest transformers the export tests run on in CI
 
 
 class TransformersCompatError(RuntimeError):
@@ -86,3 +86,38 @@ def apply_vision_rope(x, cos, sin, positions):
 
     fn = _first_attr(modeling_gemma4, ("apply_multidimensional_rope",), "the vision rotary embedding")
     return fn(x, cos, sin, positions)
+
+
+def kv_sharing_modes(text_config) -> list[str | None]:
+    """Per layer: "reuse" (reads another layer's KV), "store" or None (owns its cache). transformers
+    5.23 added the ``kv_sharing_modes`` property; before it, the same rule is derived here from
+    ``num_kv_shared_layers``: the last layers reuse the last owning layer of their type."""
+    if isinstance(getattr(type(text_config), "kv_sharing_modes", None), property):
+        return list(text_config.kv_sharing_modes)
+    return derive_kv_sharing_modes(text_config)
+
+
+def derive_kv_sharing_modes(text_config) -> list[str | None]:
+    n = text_config.num_hidden_layers
+    types = list(text_config.layer_types)
+    first_shared = n - int(getattr(text_config, "num_kv_shared_layers", 0) or 0)
+    if first_shared <= 0:
+        return ["reuse"] * n
+    modes: list[str | None] = [None if i < first_shared else "reuse" for i in range(n)]
+    for layer_type in set(types):
+        owners = [i for i in range(first_shared) if types[i] == layer_type]
+        if not owners:
+            raise TransformersCompatError(f"no layer before the KV-shared ones owns a {layer_type} cache")
+        modes[owners[-1]] = "store"
+    return modes
+
+
+def layer_attention_shape(text_config, layer: int) -> tuple[int, int]:
+    """(kv_heads, head_dim) of one decoder layer: full-attention layers have their own (``per_layer_config``
+    from transformers 5.15)."""
+    per_layer = _first_attr(text_config, ("per_layer_config",), "per-layer attention shapes")
+    entry = per_layer[layer]
+    read = entry.get if isinstance(entry, dict) else (lambda name, default=None: getattr(entry, name, default))
+    kv_heads = read("num_key_value_heads", None) or text_config.num_key_value_heads
+    head_dim = read("head_dim", None) or text_config.head_dim
+    return int(kv_heads), int(head_dim)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .compat import attention_scaling, norm_eps, norm_weight, rope_tables
+from .compat import (attention_scaling, kv_sharing_modes, layer_attention_shape, norm_eps, norm_weight,
+                     rope_tables)
 
 MASK_VALUE = -1.0e9
 
@@ -56,7 +57,7 @@ class DecoderLayout:
 
     @classmethod
     def from_text_config(cls, tc) -> "DecoderLayout":
-        modes = tc.kv_sharing_modes
+        modes = kv_sharing_modes(tc)
         n = tc.num_hidden_layers
         cache_layers = tuple(i for i in range(n) if modes[i] != "reuse")
         producers = {}
@@ -68,8 +69,8 @@ class DecoderLayout:
             layer_types=tuple(tc.layer_types),
             cache_layers=cache_layers,
             shared_from=shared_from,
-            kv_heads={i: tc.per_layer_config[i].num_key_value_heads for i in cache_layers},
-            head_dims={i: tc.per_layer_config[i].head_dim for i in cache_layers},
+            kv_heads={i: layer_attention_shape(tc, i)[0] for i in cache_layers},
+            head_dims={i: layer_attention_shape(tc, i)[1] for i in cache_layers},
             per_layer_inputs=bool(tc.hidden_size_per_layer_input),
             per_layer_dim=int(tc.hidden_size_per_layer_input or 0),
             bidirectional_vision=tc.use_bidirectional_attention == "vision",

@@ -19,7 +19,7 @@ from edgevid_export import compat  # noqa: E402
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"
 # attributes of transformers modules that have moved or may move between releases
-FRAGILE_ATTRS = {"eps", "variance_epsilon", "with_scale", "scaling"}
+FRAGILE_ATTRS = {"eps", "variance_epsilon", "with_scale", "scaling", "kv_sharing_modes", "per_layer_config"}
 FRAGILE_SUFFIXES = ("_inv_freq", "_attention_scaling")
 
 
@@ -101,3 +101,18 @@ def test_reads_the_installed_transformers_modules():
         inv_freq, scaling = compat.rope_tables(model.rotary_emb, layer_type)
         assert inv_freq.ndim == 1 and scaling > 0
     assert compat.attention_scaling(model.layers[0].self_attn) == 1.0
+
+
+def test_kv_sharing_and_layer_shapes_match_transformers_on_e2b():
+    from transformers import Gemma4Config
+
+    text = Gemma4Config().get_text_config()          # the E2B architecture: 35 layers, the last 20 share KV
+    modes = compat.derive_kv_sharing_modes(text)
+    assert modes.count("reuse") == text.num_kv_shared_layers
+    if isinstance(getattr(type(text), "kv_sharing_modes", None), property):
+        # which layers reuse a cache is what the export needs ("store" marks differ between releases)
+        assert [m == "reuse" for m in modes] == [m == "reuse" for m in text.kv_sharing_modes]
+    full = text.layer_types.index("full_attention")
+    sliding = text.layer_types.index("sliding_attention")
+    assert compat.layer_attention_shape(text, sliding)[1] == 256        # E2B: 256 / 512 head dims
+    assert compat.layer_attention_shape(text, full)[1] == 512
