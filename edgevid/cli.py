@@ -7,6 +7,7 @@ becomes one readable line on stderr and exit status 1 (2 for usage errors, as cl
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 
@@ -22,7 +23,6 @@ COMMANDS = {
     "serve": ("edgevid.commands.serve", "serve", "Serve the OpenAI chat-completions API with video input."),
     "frames": ("edgevid.commands.frames", "frames", "Show the frames (and timestamps) the model would see."),
     "watch": ("edgevid.commands.watch", "watch", "Ask a question about a live stream every few seconds."),
-    "bench": ("edgevid.commands.bench", "bench", "Run the benchmarks."),
 }
 
 

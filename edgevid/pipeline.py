@@ -1,14 +1,12 @@
-"""``Pipeline``: the Python API over one model folder (used by the CLI and the server).
+"""``Pipeline``: the Python API over one model folder (used by the CLI, the server and the tests).
 
-    from edgevid.pipeline import Pipeline
-    from edgevid.model.generate import GenerationOptions
+    from edgevid import Pipeline, GenerationOptions
 
-    p = Pipeline.load("models/gemma-4-e2b", device="auto")
-    messages = [{"role": "user", "content": [
-        {"type": "video_url", "video_url": {"url": "clip.mp4"}},
-        {"type": "text", "text": "What happens in this video?"}]}]
+    p = Pipeline.load("models/gemma-4-e2b")                  # or Pipeline.demo(): the bundled demo model
+    print(p.ask("What happens in this video?", videos=["clip.mp4"]))
+
+    messages = [user_message("What happens?", videos=["clip.mp4"])]     # OpenAI-style messages
     print(p.chat(messages, GenerationOptions(max_tokens=64)).text)
-
     stream = p.stream(messages)          # prompt built and media decoded here
     print(stream.prompt_tokens)
     for piece in stream:                 # vision encoding + prefill on the first step
@@ -20,6 +18,7 @@ RGB array) are resolved through ``edgevid.media`` under the pipeline's ``SourceP
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from edgevid.bundled_demo import demo_dir
 from edgevid.errors import InvalidRequestError
 from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key, prepare_videos, vision_input_key
 from edgevid.model.generate import (
@@ -41,6 +41,7 @@ from edgevid.model.sessions import (
     DecoderSession, EmbedSession, SessionConfig, VisionEncoderSession, merge_vision_features,
 )
 from edgevid.model.tokenizer import IncrementalDetokenizer, Tokenizer
+from edgevid.messages import MediaValue, user_message
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,27 @@ class ChatResult:
     finish_reason: str | None            # "stop" | "length" (None only if stopped by close())
     timings: dict = field(default_factory=dict)
     media: tuple[dict, ...] = ()
+
+
+class Answer(str):
+    """What :meth:`Pipeline.ask` returns: the answer text (a ``str``) that also carries its
+    :class:`ChatResult` (``.result``: token ids, prompt tokens, finish reason, timings)."""
+
+    result: ChatResult
+
+    def __new__(cls, result: ChatResult):
+        answer = super().__new__(cls, result.text)
+        answer.result = result
+        return answer
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+    def __getattr__(self, name: str):
+        if name == "result":
+            raise AttributeError(name)
+        return getattr(self.result, name)
 
 
 class Pipeline:
@@ -92,6 +114,11 @@ class Pipeline:
         return cls(folder, Tokenizer.from_folder(folder), vision, embed, decoder, precision=precision, policy=policy,
                    cache=MediaCache(cache_bytes) if cache_bytes else None)
 
+    @classmethod
+    def demo(cls, device: str = "auto", precision: str = "fp32", policy=None, **kwargs) -> "Pipeline":
+        """The demo model bundled with edgevid (``edgevid/demo``; its clip is ``edgevid.DEMO_CLIP``)."""
+        return cls.load(demo_dir(), device=device, precision=precision, policy=policy, **kwargs)
+
     # ---- facts ---------------------------------------------------------------------------------------
     @property
     def provider(self) -> str:
@@ -110,6 +137,23 @@ class Pipeline:
         return self.folder.context_length
 
     # ---- requests ------------------------------------------------------------------------------------
+    def ask(self, question: str, *, videos: Sequence[MediaValue] = (), images: Sequence[MediaValue] = (),
+            options: GenerationOptions | None = None, policy=None, **generation) -> Answer:
+        """Answer one question about ``videos`` / ``images`` (paths, URLs, ``SampledVideo`` s or RGB arrays).
+
+        ``generation`` are :class:`GenerationOptions` fields (``max_tokens=64``, ``temperature=0.7``, ...),
+        applied over ``options``. Returns the answer text, with the :class:`ChatResult` as ``.result``."""
+        if isinstance(videos, (str, os.PathLike)) or isinstance(images, (str, os.PathLike)):
+            raise InvalidRequestError("videos= and images= take a list of sources", param="videos")
+        if generation:
+            base = options or GenerationOptions()
+            try:
+                options = dataclasses.replace(base, **generation)
+            except TypeError as exc:
+                raise InvalidRequestError(f"unknown generation option: {exc}", param="options") from None
+        result = self.chat([user_message(question, videos=videos, images=images)], options, policy=policy)
+        return Answer(result)
+
     def stream(self, messages: Sequence[Mapping], options: GenerationOptions | None = None, *,
                policy=None) -> "ChatStream":
         return ChatStream(self, messages, options or GenerationOptions(), policy or self.policy)

@@ -3,7 +3,6 @@ with paths typed in the prompt, /clear and /exit, and one-line errors with a non
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -11,7 +10,6 @@ from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
-import edgevid  # noqa: E402
 from edgevid.cli import main  # noqa: E402
 from edgevid.commands.run import split_media  # noqa: E402
 from runtime_models import exported_model, models_root, write_test_clip  # noqa: E402
@@ -82,6 +80,7 @@ def test_split_media_finds_paths_and_urls(clip, tmp_path):
     pytest.param(["--device", "cuda", "-i", "x"], "CUDAExecutionProvider", marks=pytest.mark.skipif(
         "CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is installed here")),
     (["--precision", "q4", "-i", "x"], "precision 'q4'"),
+    (["--demo", "-i", "x"], "either -m MODEL_DIR or --demo"),
     (["--video", "/no/such.mp4", "-i", "x"], "/no/such.mp4"),
     (["--json"], "--json needs a one-shot prompt"),
 ])
@@ -92,11 +91,15 @@ def test_errors_are_one_line_and_exit_1(model_dir, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
-@pytest.mark.skipif((Path(edgevid.__file__).parent / "demo" / "edgevid.json").is_file(), reason="demo model bundled")
-def test_demo_without_bundled_model_says_how_to_make_one():
+def test_demo_without_bundled_model_says_how_to_make_one(tmp_path, monkeypatch):
+    from edgevid import bundled_demo
+
+    monkeypatch.setattr(bundled_demo, "DEMO_DIR", tmp_path / "no-demo")     # an install without the package data
     result = run("--demo", "-i", "hi")
     assert result.exit_code == 1
-    assert "edgevid export --demo --output models/edgevid-demo" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ships no demo model" in lines[0]
+    assert "edgevid export --random-demo --output models/edgevid-demo" in lines[0]
 
 
 def test_missing_model_folder(tmp_path):
@@ -107,12 +110,12 @@ def test_missing_model_folder(tmp_path):
 def test_demo_uses_the_bundled_folder_and_its_sample_clip(model_dir, clip, tmp_path, monkeypatch):
     import shutil
 
-    import edgevid.commands.run as run_command
+    from edgevid import bundled_demo
 
     bundled = tmp_path / "demo"
     shutil.copytree(model_dir, bundled)
     shutil.copy(clip, bundled / "sample.mp4")
-    monkeypatch.setattr(run_command, "BUNDLED_DEMO", bundled)
+    monkeypatch.setattr(bundled_demo, "DEMO_DIR", bundled)
     result = run("--demo", "-i", "What happens in this video?", "--max-tokens", 2, "--num-frames", 2)
     assert result.exit_code == 0, result.output
     assert "asking about the bundled clip" in result.stderr and "2 frames from" in result.stderr

@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from edgevid.errors import ExportError
-
-PRECISIONS = ("fp32", "fp16", "int8", "q4")
+from edgevid.model.folder_format import PRECISIONS
 INSTALL_HINT = 'edgevid export needs torch and transformers: pip install "edgevid[export]"'
 
 
@@ -61,11 +60,11 @@ def _progress(line: str) -> None:
 
 
 @click.command("export")
-@click.option("--model", "model", metavar="HF_ID_OR_DIR", help="Gemma 4 checkpoint: hub id or local folder.")
+@click.option("-m", "--model", "model", metavar="HF_ID_OR_DIR", help="Gemma 4 checkpoint: hub id or local folder.")
 @click.option("--output", "output", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Model folder to write (e.g. models/gemma-4-e2b).")
 @click.option("--precision", "precision", default="fp32", show_default=True, metavar="LIST",
-              help="Comma-separated: fp32,fp16,int8,q4 (fp32 is always written).")
+              help=f"Comma-separated, from {','.join(PRECISIONS)} (fp32 is always written).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity gate against PyTorch.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
@@ -73,9 +72,10 @@ def _progress(line: str) -> None:
                    "spread (sdpa vs eager) when that is larger.")
 @click.option("--verify", is_flag=True, help="Only re-run the parity gate on an existing --output folder.")
 @click.option("--demo", is_flag=True,
-              help="Train the small demo model (minutes) into OUTPUT/checkpoint and export it.")
+              help="Retrain the demo model from scratch and export it: about 95 minutes of CPU. The trained demo "
+                   "already ships with edgevid (`edgevid run --demo`); this is for changing its recipe.")
 @click.option("--random-demo", is_flag=True,
-              help="Like --demo but with random weights (seconds): for trying the pipeline, answers are noise.")
+              help="The demo architecture with random weights (seconds): for trying the export; answers are noise.")
 def export(model, output, precision, opset, no_validate, tolerance, verify, demo, random_demo):
     """Convert a Gemma 4 checkpoint into a verified ONNX model folder."""
     precisions = _precisions(precision)
@@ -84,12 +84,13 @@ def export(model, output, precision, opset, no_validate, tolerance, verify, demo
     if (demo or random_demo) and model:
         raise click.UsageError("--demo/--random-demo build their own checkpoint; drop --model")
     if not (demo or random_demo or model):
-        raise click.UsageError("give --model HF_ID_OR_DIR, or --demo")
+        raise click.UsageError("give -m/--model HF_ID_OR_DIR (or --random-demo to try the export in seconds)")
     convert = _load_export_backend()
     out = Path(output)
     if demo:
         trainer = _optional_module("edgevid_export.train_demo", "the demo trainer")
-        _progress(f"edgevid export: training the demo model into {out / 'checkpoint'} (takes minutes)")
+        _progress(f"edgevid export: retraining the demo model into {out / 'checkpoint'}: about 95 minutes of CPU "
+                  "(the trained demo already ships with edgevid: `edgevid run --demo`; Ctrl-C stops)")
         click.echo(str(trainer.build_trained_demo(out, precisions=precisions, progress=_progress)))
         return
     if random_demo:

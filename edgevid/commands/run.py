@@ -8,6 +8,7 @@ tokens/s) goes to stderr. ``--json`` prints one object instead of streaming.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -15,45 +16,36 @@ from pathlib import Path
 
 import click
 
-from edgevid.errors import InvalidRequestError, ModelFolderError
+from edgevid.commands.options import device_options, generation_options, model_options
+from edgevid.errors import InvalidRequestError
+from edgevid.messages import image_part, user_message as _user_message, video_part
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-DEMO_HINT = "run `edgevid export --demo --output models/edgevid-demo` and pass -m models/edgevid-demo"
 
 
 @click.command("run")
-@click.option("-m", "--model", "model", type=str, help="Model folder written by `edgevid export`.")
-@click.option("--demo", is_flag=True, help="Use the demo model bundled with edgevid (if this install ships one); "
-              "without --video/--image it asks about the bundled sample clip.")
-@click.option("--video", "videos", multiple=True, help="Video file or URL (repeatable).")
+@model_options
+@click.option("--video", "videos", multiple=True, help="Video file or URL (repeatable). With --demo and no media: "
+              "the bundled sample clip.")
 @click.option("--image", "images", multiple=True, help="Image file or URL (repeatable).")
 @click.option("-i", "--prompt", "prompt", type=str, help="Ask once and exit (otherwise: interactive chat).")
-@click.option("--num-frames", type=int, help="Frames sampled per video (default: the model folder's, 32).")
-@click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
-@click.option("--seed", type=int, help="Seed for sampling (same seed, same answer).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | dml | openvino")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | int8 | q4 (as exported).")
+@click.option("--num-frames", type=click.IntRange(1), help="Frames sampled per video (default: the model folder's).")
+@generation_options
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="With -i: print one JSON object instead of streaming.")
-def run(model, demo, videos, images, prompt, num_frames, max_tokens, temperature, top_p, top_k, seed,
-        device, precision, as_json):
+def run(model_dir, demo, videos, images, prompt, num_frames, generation, device, precision, as_json):
     """Ask a model folder about videos and images."""
-    from edgevid.model.generate import GenerationOptions
     from edgevid.pipeline import Pipeline
 
-    options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                seed=seed, num_frames=num_frames)
+    options = dataclasses.replace(generation, num_frames=num_frames)
     if as_json and prompt is None:
         raise InvalidRequestError("--json needs a one-shot prompt (-i)", param="json")
-    model_dir = resolve_model_dir(model, demo)
     pipeline = Pipeline.load(model_dir, device=device, precision=precision)
     media = [video_part(v) for v in videos] + [image_part(i) for i in images]
     sample = model_dir / "sample.mp4"
-    if (demo or model == "--demo") and not media and sample.is_file():
-        click.echo(f"[demo: asking about the bundled clip {sample}]", err=True)
+    if demo and not media and sample.is_file():
+        click.echo(f"[demo: asking about the bundled clip {sample.name}]", err=True)
         media = [video_part(str(sample))]
     if prompt is not None:
         ask_once(pipeline, media, prompt, options, as_json)
@@ -61,29 +53,8 @@ def run(model, demo, videos, images, prompt, num_frames, max_tokens, temperature
         chat(pipeline, media, options)
 
 
-BUNDLED_DEMO = Path(__file__).resolve().parent.parent / "demo"      # edgevid/demo (package data)
-
-
-def resolve_model_dir(model: str | None, demo: bool) -> Path:
-    if demo or model == "--demo":
-        if (BUNDLED_DEMO / "edgevid.json").is_file():
-            return BUNDLED_DEMO
-        raise ModelFolderError(f"this edgevid install ships no demo model; {DEMO_HINT}")
-    if not model:
-        raise InvalidRequestError(f"pass a model folder with -m MODEL_DIR (no model yet? {DEMO_HINT})", param="model")
-    return Path(model)
-
-
-def video_part(source: str) -> dict:
-    return {"type": "video_url", "video_url": {"url": source}}
-
-
-def image_part(source: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": source}}
-
-
 def user_message(media: list[dict], text: str) -> dict:
-    return {"role": "user", "content": [*media, {"type": "text", "text": text}]}
+    return _user_message(text, media=media)
 
 
 # ---- one-shot ------------------------------------------------------------------------------------------

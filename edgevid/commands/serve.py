@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 
 import click
 
+from edgevid.commands.options import device_options, generation_options, model_options
+from edgevid.commands.signals import on_stop_signals
 from edgevid.server.config import DEFAULT_MAX_MEDIA_BYTES
 
 log = logging.getLogger(__name__)
 
 
 @click.command("serve")
-@click.option("-m", "--model", "model_dir", default=None, help="Model folder written by `edgevid export`.")
-@click.option("--demo", is_flag=True, help="Serve the demo model bundled with edgevid (if this install ships one).")
+@model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=1234, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on; 0 picks a free one (the banner shows it).")
@@ -33,49 +32,39 @@ log = logging.getLogger(__name__)
               help="Most frames per video a request may ask for (num_frames).")
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
               help="Requests that may wait behind the running one; more are answered 503.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda, directml or openvino.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, int8 or q4 graphs.")
+@generation_options
+@device_options
 @click.option("--model-name", default=None, help="Name served in /v1/models (default: the folder name).")
 def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_private_urls, max_media_bytes,
-          max_frames, queue_size, device, precision, model_name):
-    """Serve the OpenAI chat-completions API with video input."""
+          max_frames, queue_size, generation, device, precision, model_name):
+    """Serve the OpenAI chat-completions API with video input.
+
+    The generation flags are the defaults of requests that do not set those fields."""
     from edgevid.pipeline import Pipeline
     from edgevid.server.app import create_app
     from edgevid.server.config import ServerConfig, server_policy
     from edgevid.server.http_server import HttpServer
 
-    from edgevid.commands.run import resolve_model_dir
-
-    model_dir = resolve_model_dir(model_dir, demo)
     domains = tuple(d.strip() for item in domains for d in item.split(",") if d.strip())
     policy = server_policy(local_dirs=tuple(local_dirs), domains=domains or None,
                            allow_private_urls=allow_private_urls, max_bytes=max_media_bytes)
     pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy)
     config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
-                          queue_size=queue_size)
+                          queue_size=queue_size, defaults=generation)
     app = create_app(pipeline, config)
     try:
         server = HttpServer(app, host=host, port=port)
     except OSError as exc:
         app.extensions["edgevid"].worker.stop()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    _stop_on_signals(server)
     state = app.extensions["edgevid"]
     click.echo(f"edgevid serving '{state.limits.model_name}' at {server.url}/v1 "
                f"(provider {state.provider}, {precision}; "
                f"{'API key required' if api_key else 'no API key'}; Ctrl-C stops)", err=False)
-    server.serve_forever()
 
-
-def _stop_on_signals(server) -> None:
-    def stop(signum, frame):
+    def stop(signum):
         log.info("signal %s: shutting down", signum)
         server.shutdown()
 
-    signal.signal(signal.SIGINT, stop)
-    if os.name != "nt":
-        signal.signal(signal.SIGTERM, stop)
-    elif hasattr(signal, "SIGBREAK"):
-        signal.signal(signal.SIGBREAK, stop)
-
+    with on_stop_signals(stop):
+        server.serve_forever()

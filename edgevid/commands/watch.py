@@ -3,6 +3,7 @@ every ``--every``, over the last ``--window``; one JSON line per window with ``-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -13,6 +14,8 @@ import threading
 
 import click
 
+from edgevid.commands.options import device_options, generation_options, model_options
+from edgevid.commands.signals import on_stop_signals
 from edgevid.live import WatchLoop, WatchOptions, start_reader
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
@@ -34,8 +37,7 @@ def _duration(ctx, param, value):
 
 @click.command("watch")
 @click.argument("source")
-@click.option("-m", "--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Model folder made by `edgevid export`.")
+@model_options
 @click.option("-i", "--prompt", required=True, help="The question asked about every window.")
 @click.option("--every", default="10s", show_default=True, callback=_duration, help="Time between windows.")
 @click.option("--window", default="30s", show_default=True, callback=_duration, help="Video per window.")
@@ -43,20 +45,19 @@ def _duration(ctx, param, value):
 @click.option("--max-windows", type=click.IntRange(1), help="Stop after this many answered windows.")
 @click.option("--jsonl", type=click.Path(dir_okay=False, allow_dash=True),
               help="Append one JSON line per window/event to FILE ('-' = stdout; the readable lines go to stderr).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, dml or openvino.")
-@click.option("--precision", default="fp32", show_default=True, help="Graph precision from the model folder.")
-@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1), help="Answer length cap.")
+@generation_options
+@device_options
 @click.option("--fps", type=click.FloatRange(0.1, 60), help="Frames kept per second (default: a few, enough for --num-frames).")
 @click.option("--connect-timeout", default="30s", show_default=True, callback=_duration,
               help="Give up when the source delivers no first frame in this time.")
-def watch(source, model_dir, prompt, every, window, num_frames, max_windows, jsonl, device, precision,
-          max_tokens, fps, connect_timeout):
+def watch(source, model_dir, demo, prompt, every, window, num_frames, max_windows, jsonl, generation, device,
+          precision, fps, connect_timeout):
     """Ask PROMPT about SOURCE every --every seconds, over its last --window.
 
     SOURCE: rtsp:// or http(s):// stream (MJPEG, HLS, ...), a camera index (0) or /dev/videoN, or a video
     file (played at its own speed). Ctrl-C finishes the current window and stops.
     """
-    from edgevid.model.generate import GenerationOptions
+    from edgevid.messages import user_message
     from edgevid.pipeline import Pipeline
 
     _quiet_decoder_logs()
@@ -65,14 +66,20 @@ def watch(source, model_dir, prompt, every, window, num_frames, max_windows, jso
     reader, ring = start_reader(source, options)
     # every window is new video: the media reuse cache would only hash and hold frames nobody asks again
     pipeline = Pipeline.load(model_dir, device=device, precision=precision, cache_bytes=0)
-    generation = GenerationOptions(max_tokens=max_tokens, num_frames=num_frames)
+    generation = dataclasses.replace(generation, num_frames=num_frames)
 
     def ask(video):
-        content = [{"type": "video", "video": video}, {"type": "text", "text": prompt}]
-        return pipeline.chat([{"role": "user", "content": content}], generation).text.strip()
+        return pipeline.chat([user_message(prompt, videos=[video])], generation).text.strip()
 
     stop = threading.Event()
-    with _records(jsonl) as emit, _stop_on_signals(stop):
+
+    def finish_window(signum):
+        if stop.is_set() and signum == signal.SIGINT:      # a second Ctrl-C interrupts at once
+            raise KeyboardInterrupt
+        click.echo("-- stopping after the current window (Ctrl-C again to abort)", err=True)
+        stop.set()
+
+    with _records(jsonl) as emit, on_stop_signals(finish_window):
         WatchLoop(reader, ring, ask=ask, emit=emit, options=options, stop=stop).run()
 
 
@@ -131,29 +138,3 @@ def readable(record: dict) -> str:
 
 def _clock(iso: str) -> str:
     return iso[11:19]
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """Ctrl-C / SIGTERM set ``stop`` (the current window finishes); a second Ctrl-C interrupts at once.
-    Handlers are installed only on the main thread and only for signals this platform has."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    names = [name for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)]   # SIGBREAK: Windows Ctrl-Break
-    previous = {}
-
-    def handler(signum, frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        click.echo("-- stopping after the current window (Ctrl-C again to abort)", err=True)
-        stop.set()
-
-    for name in names:
-        number = getattr(signal, name)
-        previous[number] = signal.signal(number, handler)
-    try:
-        yield
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)

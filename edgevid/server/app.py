@@ -47,7 +47,7 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
     limits = RequestLimits(model_name=name, max_frames=config.max_frames,
                            default_frames=min(pipeline.default_num_frames, config.max_frames),
                            max_media_bytes=config.policy.max_bytes,
-                           default_max_tokens=config.default_max_tokens)
+                           defaults=config.defaults)
     worker = ModelWorker(pipeline, queue_size=config.queue_size, policy=config.policy).start()
     state = ServerState(config=config, limits=limits, worker=worker, provider=provider,
                         fingerprint=f"edgevid-{__version__}-{provider}", started=int(time.time()))

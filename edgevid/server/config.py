@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 from edgevid.media import SourcePolicy
+from edgevid.model.generate import GenerationOptions
 
 DEFAULT_MAX_MEDIA_BYTES = 64 * 2**20
 
@@ -26,7 +27,7 @@ class ServerConfig:
     max_frames: int = 32                   # cap on frames per video a request may ask for
     queue_size: int = 16                   # requests that may wait behind the running one
     keepalive_seconds: float = 5.0         # ": ping" interval while a stream waits for the model
-    default_max_tokens: int = 256
+    defaults: GenerationOptions = field(default_factory=GenerationOptions)   # for fields a request omits
     max_body_bytes: int | None = None      # None = room for two data URLs at the media cap, + 1 MiB
 
     @property

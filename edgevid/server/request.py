@@ -9,7 +9,7 @@ from its length, before anything is decoded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgevid.errors import MediaTooLargeError
 from edgevid.model.generate import GenerationOptions
@@ -71,7 +71,7 @@ class RequestLimits:
     max_frames: int
     default_frames: int          # frames per video when the request names none (<= max_frames)
     max_media_bytes: int
-    default_max_tokens: int = 256
+    defaults: GenerationOptions = field(default_factory=GenerationOptions)   # for the fields a request omits
 
 
 def parse_chat_request(body: object, limits: RequestLimits) -> ChatRequest:
@@ -80,16 +80,17 @@ def parse_chat_request(body: object, limits: RequestLimits) -> ChatRequest:
     body = {k: v for k, v in body.items() if v is not None}
     _refuse_unsupported(body)
     model = _parse_model(body.get("model"), limits.model_name)
+    defaults = limits.defaults
     num_frames = _frames(body, "num_frames", limits) if "num_frames" in body else None
     messages = _parse_messages(body.get("messages"), limits, num_frames)
     stream = _bool(body, "stream", False)
     include_usage = _parse_stream_options(body, stream)
     options = GenerationOptions(
-        max_tokens=_max_tokens(body, limits.default_max_tokens),
-        temperature=_number(body, "temperature", 0.0, low=0.0, high=2.0),
-        top_p=_number(body, "top_p", 1.0, low=0.0, high=1.0, low_open=True),
-        top_k=_int(body, "top_k", 0, low=0),
-        seed=_int(body, "seed", None),
+        max_tokens=_max_tokens(body, defaults.max_tokens),
+        temperature=_number(body, "temperature", defaults.temperature, low=0.0, high=2.0),
+        top_p=_number(body, "top_p", defaults.top_p, low=0.0, high=1.0, low_open=True),
+        top_k=_int(body, "top_k", defaults.top_k, low=0),
+        seed=_int(body, "seed", defaults.seed),
         stop=_stop(body.get("stop")),
         num_frames=num_frames if num_frames is not None else limits.default_frames,
     )
