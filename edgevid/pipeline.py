@@ -23,19 +23,19 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from edgevid.bundled_demo import demo_dir
 from edgevid.errors import InvalidRequestError
-from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key, prepare_videos, vision_input_key
+from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key, vision_input_key
 from edgevid.model.generate import (
     GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, stream_generate,
 )
 from edgevid.model.manifest import ModelFolder
-from edgevid.model.prompt import Prompt, map_parts, render_prompt
+from edgevid.model.media_parts import resolve_media_parts
+from edgevid.model.prompt import Prompt, render_prompt
 from edgevid.model.providers import installed_providers, select_providers
 from edgevid.model.sessions import (
     DecoderSession, EmbedSession, SessionConfig, VisionEncoderSession, merge_vision_features,
@@ -168,16 +168,19 @@ class Pipeline:
             stream.close()
         return stream.result()
 
+    def resolve_media(self, messages: Sequence[Mapping], options: GenerationOptions | None = None, policy=None,
+                      use: CacheUse | None = None) -> list:
+        """The messages with every media part fetched, sampled and preprocessed (through the media cache
+        when on): the one media path of every surface. The server calls it in the request's own thread, so
+        a slow download never holds the model worker; ``stream`` calls it for anything not yet resolved."""
+        frames = (options.num_frames if options else None) or self.default_num_frames
+        return resolve_media_parts(messages, self.folder, num_frames=frames, policy=policy or self.policy,
+                                   cache=self.cache, use=use)
+
     def build_prompt(self, messages: Sequence[Mapping], options: GenerationOptions, policy=None,
                      use: CacheUse | None = None) -> Prompt:
-        """Resolve media (through the media cache when on), render the chat template, tokenize."""
-        frames = options.num_frames or self.default_num_frames
-        messages = _normalise(messages)
-        if self.cache is not None:
-            messages = prepare_videos(messages, self.cache, num_frames=frames, policy=policy or self.policy,
-                                      folder=self.folder, use=use)
-        return render_prompt(messages, self.folder, self.tokenizer,
-                             resolve=lambda part: resolve_media(part, frames, policy or self.policy))
+        """Resolve media (see :meth:`resolve_media`), render the chat template, tokenize."""
+        return render_prompt(self.resolve_media(messages, options, policy, use), self.folder, self.tokenizer)
 
     def prompt_inputs(self, prompt: Prompt, use: CacheUse | None = None) -> PromptInputs:
         """Vision-encode the prompt's media, embed its ids and merge the features in."""
@@ -301,33 +304,3 @@ def _placeholder_ids(folder: ModelFolder) -> list[int]:
     if isinstance(audio, int):
         ids.append(audio)
     return ids
-
-
-def _normalise(messages: Any) -> Any:
-    """``os.PathLike`` media values become strings, so the prompt layer hands them to the resolver."""
-    def fspath(part):
-        if (isinstance(part, Mapping) and part.get("type") in ("video", "image")
-                and isinstance(part.get(part["type"]), os.PathLike)):
-            return {**part, part["type"]: os.fspath(part[part["type"]])}
-        return part
-    return map_parts(messages, fspath)
-
-
-def media_source(part: Mapping) -> Any:
-    kind = part.get("type")
-    value = part.get(kind)
-    if kind in ("video_url", "image_url"):
-        value = value.get("url") if isinstance(value, Mapping) else value
-    if not isinstance(value, (str, bytes)) or not value:
-        raise InvalidRequestError(f"a {kind} part needs a url (or path)", param="messages")
-    return value
-
-
-def resolve_media(part: Mapping, num_frames: int, policy) -> Any:
-    """A ``video_url``/``image_url`` (or path) part -> ``SampledVideo`` / uint8 RGB image via edgevid.media."""
-    from edgevid.media import load_image, sample_video
-
-    source = media_source(part)
-    if part.get("type") in ("video", "video_url"):
-        return sample_video(source, num_frames=num_frames, policy=policy)
-    return load_image(source, policy=policy)

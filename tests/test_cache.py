@@ -180,11 +180,10 @@ def test_a_file_rewritten_under_the_same_name_is_a_miss(tmp_path):
 
 # ---- through the pipeline -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def pipelines():
-    from demo_model import demo_model_dir
+def pipelines(demo_model):
     from edgevid.pipeline import Pipeline
 
-    model = demo_model_dir()
+    model = demo_model
     return Pipeline.load(model, device="cpu"), Pipeline.load(model, device="cpu", cache_bytes=0)
 
 

@@ -11,15 +11,14 @@ import time
 import pytest
 
 from clips import write_clip
-from demo_model import demo_model_dir
 from mjpeg_server import MJPEGServer
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    return demo_model_dir()
+def model_dir(demo_model):
+    return demo_model
 
 
 def watch_command(source, model_dir, *args):

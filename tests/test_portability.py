@@ -71,3 +71,30 @@ def test_every_package_folder_is_shipped_by_pyproject():
     found |= {"edgevid_export." + ".".join(p.parent.relative_to(root / "export").parts)
               if p.parent != root / "export" else "edgevid_export" for p in (root / "export").rglob("__init__.py")}
     assert found <= listed, f"not shipped: {sorted(found - listed)}"
+
+
+def test_media_modules_have_no_import_cycle():
+    """Every ``from .x import`` in edgevid/media (module level or inside functions) points down a DAG."""
+    import ast
+
+    media = RUNTIME / "media"
+    graph = {}
+    for path in media.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[path.stem] = {alias.name if node.module is None else node.module.split(".")[0]
+                            for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+                            for alias in node.names}
+    done, active = set(), []
+
+    def visit(name):
+        assert name not in active, f"import cycle: {' -> '.join(active + [name])}"
+        if name in done or name not in graph:
+            return
+        active.append(name)
+        for target in graph[name]:
+            visit(target)
+        active.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)

@@ -11,12 +11,11 @@ from edgevid.errors import ContextLengthError, InvalidRequestError, MediaError, 
 from edgevid.media import sample_video  # noqa: E402
 from edgevid.model.generate import GenerationOptions, prefill  # noqa: E402
 from edgevid.pipeline import Pipeline  # noqa: E402
-from runtime_models import exported_model, models_root, write_test_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return exported_model("e2b_like", models_root(tmp_path_factory))[1]
+def model_dir(e2b_model):
+    return e2b_model[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +24,8 @@ def pipeline(model_dir):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_test_clip(tmp_path_factory.mktemp("pipeline-clip") / "clip.mp4")
+def clip(test_clip):
+    return test_clip
 
 
 def ask(clip, text="What happens?"):

@@ -33,16 +33,9 @@ MAX_MEDIA = 2 * 2**20        # --max-media-bytes of the test servers
 
 # ---- the model and media --------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    """The demo checkpoint, exported once per session (fp32 only)."""
-    from edgevid_export.convert import export_model
-    from edgevid_export.demo import build_demo_checkpoint
-
-    root = tmp_path_factory.mktemp("served-model")
-    checkpoint = build_demo_checkpoint(root / "checkpoint")
-    # the parity gate is the export tests' business; here the graphs only need to run
-    return Path(export_model(checkpoint, root / "model", precisions=("fp32",), validate=False,
-                             progress=lambda *a, **k: None))
+def model_dir(demo_model):
+    """The demo checkpoint exported fp32 (conftest; the parity gate is the export tests' business)."""
+    return demo_model
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +299,21 @@ def test_local_path_file_url_image_system_and_multi_turn(server, media):
                                                      extra_body={"num_frames": FRAMES})
     # the whole conversation (system turn, two videos, an image) is in the prompt
     assert one.usage.prompt_tokens > fewer.usage.prompt_tokens > 0
+
+
+def test_identical_requests_decode_the_video_once(server, media, monkeypatch):
+    """The server resolves media through the pipeline's media cache: the second identical request (a data
+    URL and a path naming the same bytes) takes its frames from the cache and decodes nothing."""
+    import edgevid.media
+
+    clip = write_clip(media["allowed_dir"] / "once.mp4", frames=10, fps=10, size=(64, 48), start=500)
+    decoded = []
+    real = edgevid.media.sample_video
+    monkeypatch.setattr(edgevid.media, "sample_video", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    answers = [server.post({"messages": ask(video(url)), "max_tokens": 4, "num_frames": 3}).json()
+               for url in (data_url(clip), data_url(clip), str(clip))]
+    assert len(decoded) == 1
+    assert len({json.dumps([a["choices"], a["usage"]]) for a in answers}) == 1, answers
 
 
 def test_url_from_loopback_server(private_server, media_http):

@@ -7,7 +7,8 @@
 from .images import load_image
 from .policy import SourcePolicy
 from .sources import MediaSource, open_source
-from .video import SampledVideo, sample_indices, sample_video
+from .sampled import SampledVideo, sample_indices
+from .video import sample_video
 
 __all__ = ["SourcePolicy", "open_source", "MediaSource", "sample_video", "sample_indices", "SampledVideo",
            "load_image"]

@@ -7,7 +7,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 from edgevid.errors import EmptyMediaError, UnreadableMediaError
 
 from .sources import MediaSource
-from .video import DEFAULT_FPS, SampledVideo, sample_indices
+from .sampled import DEFAULT_FPS, SampledVideo, sample_indices
 
 DEFAULT_DURATION_MS = 100       # browsers' treatment of a 0/absent delay
 

@@ -7,6 +7,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgevid.errors import UnreadableMediaError, UnsupportedMediaError
 
 from .policy import SourcePolicy
+from .sampled import DEFAULT_FPS, SampledVideo
 from .sources import MediaSource, open_source
 
 
@@ -37,7 +38,6 @@ def decode_image(path: str, source: str) -> np.ndarray:
 
 def image_as_video(media: MediaSource):
     """A still image given where a video was expected: a one-frame video at t=0."""
-    from .video import DEFAULT_FPS, SampledVideo
     frame = decode_image(media.path, media.source)
     return SampledVideo(frames=frame[None], timestamps=np.zeros(1), indices=np.zeros(1, np.int64), fps=DEFAULT_FPS,
                         duration=0.0, frame_count=1, width=frame.shape[1], height=frame.shape[0],

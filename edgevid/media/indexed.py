@@ -32,7 +32,7 @@ import numpy as np
 
 from . import mp4
 from .sources import MediaSource
-from .video import SampledVideo, sample_indices
+from .sampled import SampledVideo, sample_indices
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # FFmpeg's own warnings (truncated files...) off
 import cv2  # noqa: E402
@@ -34,36 +33,19 @@ import numpy as np  # noqa: E402
 from edgevid.errors import EmptyMediaError, InvalidRequestError, UnreadableMediaError
 
 from . import mp4
+from .gif import sample_gif
+from .images import image_as_video
+from .indexed import sample_indexed
 from .policy import SourcePolicy
+from .sampled import DEFAULT_FPS, SampledVideo, sample_indices  # noqa: F401  (sample_indices: the old import path)
 from .sources import MediaSource, open_source
 
 log = logging.getLogger(__name__)
 
 MODES = ("accurate", "fast")
-DEFAULT_FPS = 24.0
 FIRST_SEEK_GAP_SECONDS = 2.0    # before any seek was timed, seek across gaps longer than this
 OPENCV_SEEK_BACKOFF = 16        # OpenCV's FFmpeg seek starts from the keyframe before target - 16
 SEEK_OVERHEAD_FRAMES = 8        # a seek's fixed cost (flush, demuxer seek), in decoded frames
-
-
-@dataclass(frozen=True)
-class SampledVideo:
-    frames: np.ndarray        # uint8 RGB [N, H, W, 3]
-    timestamps: np.ndarray    # float64 seconds [N]
-    indices: np.ndarray       # int64 [N]
-    fps: float
-    duration: float
-    frame_count: int
-    width: int
-    height: int
-    source: str
-
-
-def sample_indices(total: int, num_frames: int) -> np.ndarray:
-    """``floor(i * total / n)`` for i < n, or every index when ``total <= n``."""
-    if total <= num_frames:
-        return np.arange(total, dtype=np.int64)
-    return np.arange(num_frames, dtype=np.int64) * total // num_frames
 
 
 def sample_video(source, num_frames: int = 32, mode: str = "accurate",
@@ -83,12 +65,9 @@ def sample_video(source, num_frames: int = 32, mode: str = "accurate",
     media = open_source(source, policy)
     try:
         if media.kind == "gif":
-            from .gif import sample_gif
             return sample_gif(media, num_frames)
         if media.kind == "image":
-            from .images import image_as_video
             return image_as_video(media)
-        from .indexed import sample_indexed
         sampled = sample_indexed(media, num_frames, mode)
         if sampled is not None:
             return sampled

@@ -13,7 +13,8 @@ that differ in a single frame, never share an entry.
     key = features_key(vision_input_key(vision_input), encoder=encoder_identity(graph_path, "fp32"))
     features, hit = cache.features(key, lambda: session.encode(vision_input.pixel_values, ...))
 
-Entries are evicted least-recently-used by bytes. The cache is thread-safe and computes each key once:
+:mod:`edgevid.model.media_parts` is the one caller for frames (every surface's media goes through it); the
+pipeline caches features. Entries are evicted least-recently-used by bytes. The cache is thread-safe and computes each key once:
 a request that asks for a key another thread is computing waits for that result instead of decoding the
 same video twice. Cached arrays are made read-only, so a caller cannot corrupt what the next one gets.
 """
@@ -26,11 +27,9 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
-
-from edgevid.model.prompt import map_parts
 
 log = logging.getLogger(__name__)
 
@@ -208,58 +207,3 @@ def _freeze(value: Any) -> Any:
         for f in dataclasses.fields(value):
             _freeze(getattr(value, f.name))
     return value
-
-
-# ---- the pipeline's use: video parts resolved through the cache ---------------------------------------
-@dataclass(frozen=True)
-class PreparedVideo:
-    """A cached video: the sampled frames and the vision encoder's input made from them."""
-
-    video: Any          # edgevid.media.SampledVideo
-    vision: Any         # edgevid.model.preprocess.VisionInput
-
-
-def prepare_videos(messages: Any, cache: MediaCache, *, num_frames: int, policy: Any, folder: Any,
-                   use: CacheUse | None = None, mode: str = "accurate") -> Any:
-    """A copy of ``messages`` whose video parts given by reference (path, URL, data URL, bytes) become
-    ``{"type": "video", "video": SampledVideo, "vision": VisionInput}`` through the cache, so a video
-    seen before is neither fetched-and-decoded nor preprocessed again. Anything else is left as it is
-    (malformed messages too: the prompt layer reports those)."""
-    return map_parts(messages, lambda part: _prepared_part(part, cache, num_frames, policy, folder, use, mode))
-
-
-def _video_reference(part: Any) -> str | bytes | None:
-    if not isinstance(part, Mapping):
-        return None
-    if part.get("type") == "video_url":
-        value = part.get("video_url")
-        value = value.get("url") if isinstance(value, Mapping) else value
-    elif part.get("type") == "video":
-        value = part.get("video")
-    else:
-        return None
-    return value if isinstance(value, (str, bytes)) and value else None
-
-
-def _prepared_part(part, cache, num_frames, policy, folder, use, mode):
-    source = _video_reference(part)
-    if source is None:
-        return part
-    from edgevid.media import open_source, sample_video
-    from edgevid.model.preprocess import preprocess_video
-
-    vision = folder.vision
-    recipe = f"max_soft_tokens={vision.video_max_soft_tokens},patch={vision.patch_size},pool={vision.pooling}"
-
-    def compute(media) -> PreparedVideo:
-        video = sample_video(media, num_frames, mode, policy)
-        return PreparedVideo(video, preprocess_video(video.frames, vision.video_max_soft_tokens,
-                                                     vision.patch_size, vision.pooling))
-
-    with open_source(source, policy) as media:       # fetched once; the key is the hash of its bytes
-        key = frames_key(media.sha256, num_frames=num_frames, mode=mode, preprocess=recipe)
-        prepared, hit = cache.frames(key, lambda: compute(media))
-    if hit and use is not None:
-        use.frames_cached += 1
-    rest = {k: v for k, v in part.items() if k not in ("type", "video_url", "video")}
-    return {**rest, "type": "video", "video": prepared.video, "vision": prepared.vision}

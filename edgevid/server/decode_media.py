@@ -2,28 +2,30 @@
 
 A slow download or a long decode then holds only its own request thread, never the single model worker,
 and a refused or unreadable source is answered with its own status (403, 413, 400) before any response
-has started. The result is the message list :class:`edgevid.pipeline.Pipeline` takes, with media parts
-already sampled (``{"type": "video", "video": SampledVideo}``, ``{"type": "image", "image": ndarray}``).
+has started. Decoding goes through the pipeline's one media path (:meth:`Pipeline.resolve_media`), so a
+clip two requests send is decoded once: the second takes its frames from the media cache.
 """
 from __future__ import annotations
 
-from edgevid.errors import EdgevidError
-from edgevid.media import SourcePolicy, load_image, sample_video
+from edgevid.media import SourcePolicy
+from edgevid.messages import image_part, text_part, video_part
 from edgevid.server.request import ChatRequest, MediaPart, TextPart
 
 
-def decode_request_media(request: ChatRequest, policy: SourcePolicy) -> list[dict]:
-    return [{"role": m.role, "content": [_decode_part(p, policy) for p in m.parts]} for m in request.messages]
+def request_messages(request: ChatRequest) -> list[dict]:
+    """The parsed request as pipeline messages (each video part keeps its own frame count)."""
+    return [{"role": m.role, "content": [_part(p) for p in m.parts]} for m in request.messages]
 
 
-def _decode_part(part: TextPart | MediaPart, policy: SourcePolicy) -> dict:
+def decode_request_media(request: ChatRequest, pipeline, policy: SourcePolicy) -> list[dict]:
+    return pipeline.resolve_media(request_messages(request), request.options, policy)
+
+
+def _part(part: TextPart | MediaPart) -> dict:
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text}
-    try:
-        if part.kind == "video":
-            return {"type": "video", "video": sample_video(part.url, num_frames=part.num_frames, policy=policy)}
-        return {"type": "image", "image": load_image(part.url, policy=policy)}
-    except EdgevidError as err:
-        if err.param is None:
-            err.param = part.param
-        raise
+        return text_part(part.text)
+    if part.kind == "video":
+        built = video_part(part.url)
+        built["video_url"]["num_frames"] = part.num_frames
+        return built
+    return image_part(part.url)
