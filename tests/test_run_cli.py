@@ -3,6 +3,7 @@ with paths typed in the prompt, /clear and /exit, and one-line errors with a non
 from __future__ import annotations
 
 import json
+import os
 
 import onnxruntime as ort
 import pytest
@@ -12,17 +13,16 @@ pytest.importorskip("torch")
 
 from edgevid.cli import main  # noqa: E402
 from edgevid.commands.run import split_media  # noqa: E402
-from runtime_models import exported_model, models_root, write_test_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return exported_model("e2b_like", models_root(tmp_path_factory))[1]
+def model_dir(e2b_model):
+    return e2b_model[1]
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return write_test_clip(tmp_path_factory.mktemp("cli-clip") / "clip.mp4")
+def clip(test_clip):
+    return test_clip
 
 
 def run(*args, input=None):
@@ -66,12 +66,38 @@ def test_interactive_attaches_typed_paths_keeps_history_and_clears(model_dir, cl
 def test_split_media_finds_paths_and_urls(clip, tmp_path):
     image = tmp_path / "photo.png"
     image.write_bytes(b"not decoded here")
-    text, media = split_media(f'compare {clip} and "{image}" with https://example.com/a.webm please')
-    assert text == "compare and with please"
-    assert [next(iter(m)) for m in media] == ["type"] * 3
-    assert [m["type"] for m in media] == ["image_url", "video_url", "video_url"]
-    text, media = split_media("no media /tmp/missing.mp4 here")
-    assert media == [] and text == "no media /tmp/missing.mp4 here"
+    typed = split_media(f'compare {clip} and "{image}" with https://example.com/a.webm please')
+    assert typed.text == "compare and with please" and typed.missing == []
+    assert [m["type"] for m in typed.media] == ["image_url", "video_url", "video_url"]
+    typed = split_media("either/or, 3/4 of it? See /tmp/missing.mp4, ./gone.png and what.mp4")
+    assert typed.media == [] and typed.missing == ["/tmp/missing.mp4", "./gone.png", "what.mp4"]
+    assert typed.text == "either/or, 3/4 of it? See and"
+
+
+def status_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("[") and "prompt" in line]
+
+
+def test_chat_says_when_a_typed_path_names_no_file(model_dir, clip):
+    result = run("-m", model_dir, "--num-frames", 2, "--max-tokens", 3,
+                 input=f"What colour is the circle? /nonexistent/clip.mp4\nWhat is in {clip} ?\n/exit\n")
+    assert result.exit_code == 0, result.output
+    notices = [line for line in result.stderr.splitlines() if "no such file" in line]
+    assert notices == ["[no such file: /nonexistent/clip.mp4 — not attached, question not sent]"]
+    statuses = status_lines(result.stderr)
+    assert len(statuses) == 1 and "2 frames from clip.mp4 ·" in statuses[0]     # the next question is answered
+
+
+def test_chat_never_attaches_the_same_media_twice(model_dir, clip):
+    relative = os.path.relpath(clip)
+    lines = f"What is in {clip} ?\nand {relative} again?\n/exit\n"
+    result = run("-m", model_dir, "--video", clip, "--num-frames", 2, "--max-tokens", 3, input=lines)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("[clip.mp4 is already attached]") == 2
+    statuses = status_lines(result.stderr)
+    assert len(statuses) == 2
+    assert [s.count("frames from") for s in statuses] == [1, 1]           # the video is in the prompt once
+    assert str(clip.parent) not in result.stderr                           # named briefly
 
 
 @pytest.mark.parametrize("args, message", [

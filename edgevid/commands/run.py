@@ -9,10 +9,16 @@ tokens/s) goes to stderr. ``--json`` prints one object instead of streaming.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import posixpath
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import click
 
@@ -91,7 +97,7 @@ def stream_answer(pipeline, messages, options) -> str:
 
 def status_line(stream) -> str:
     t = stream.timings
-    parts = [f"{m['frames']} frames from {m['source']}" for m in stream.media if m.get("kind") == "video"]
+    parts = [f"{m['frames']} frames from {brief_name(m['source'])}" for m in stream.media if m.get("kind") == "video"]
     images = sum(1 for m in stream.media if m.get("kind") == "image")
     if images:
         parts.append(f"{images} image{'s' if images > 1 else ''}")
@@ -104,29 +110,65 @@ def status_line(stream) -> str:
     return "[" + " · ".join(parts) + "]"
 
 
+def brief_name(source) -> str:
+    """A media source as the status line names it: the file name, not the whole path or data URL."""
+    if not isinstance(source, str) or not source:
+        return "a video"
+    if source[:5].lower() == "data:":
+        return "a data URL"
+    if "://" in source:
+        parts = urlsplit(source)
+        return posixpath.basename(parts.path) or parts.netloc or source
+    return os.path.basename(source.rstrip("/\\")) or source
+
+
 # ---- interactive ------------------------------------------------------------------------------------------
 _QUOTED = re.compile(r"""(["'])(.+?)\1""")
+_URL_PREFIXES = ("http://", "https://", "file://")
 
 
-def split_media(line: str) -> tuple[str, list[dict]]:
+@dataclass
+class TypedLine:
+    """A chat line split into the question, the media typed in it, and path-like words naming no file."""
+
+    text: str
+    media: list[dict] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def split_media(line: str) -> TypedLine:
     """Find video/image paths and URLs typed in a prompt; return the rest of the text and media parts."""
-    media, kept = [], []
-    tokens = [m.group(2) for m in _QUOTED.finditer(line)]
+    found = TypedLine("")
+    kept = []
+    quoted = [m.group(2) for m in _QUOTED.finditer(line)]
     rest = _QUOTED.sub(" ", line)
-    for token in tokens + rest.split():
-        part = media_part_for(token.strip(",;"))
+    for token in quoted + rest.split():
+        word = token.strip(",;").rstrip(":!?)").lstrip("(")
+        part = media_part_for(word)
         if part is not None:
-            media.append(part)
-        elif token in tokens:
+            found.media.append(part)
+        elif looks_like_media_path(word) and not Path(word).expanduser().is_file():
+            found.missing.append(word)
+        elif token in quoted:
             kept.append(f'"{token}"')
         else:
             kept.append(token)
-    return " ".join(kept), media
+    found.text = " ".join(kept)
+    return found
+
+
+def looks_like_media_path(word: str) -> bool:
+    """A word the user probably meant as a file: a media file name, or an absolute/relative/home path."""
+    if word.startswith(_URL_PREFIXES[:2]):
+        return False
+    suffix = Path(word.split("?", 1)[0]).suffix.lower()
+    return (suffix in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS or word.startswith(("./", "../", "~/", "file://"))
+            or (word.startswith("/") and len(word) > 1) or re.match(r"^[A-Za-z]:[\\/]", word) is not None)
 
 
 def media_part_for(token: str) -> dict | None:
     suffix = Path(token.split("?", 1)[0]).suffix.lower()
-    is_url = token.startswith(("http://", "https://", "file://"))
+    is_url = token.startswith(_URL_PREFIXES)
     if not is_url and not Path(token).expanduser().is_file():
         return None
     source = token if is_url else str(Path(token).expanduser())
@@ -137,10 +179,24 @@ def media_part_for(token: str) -> dict | None:
     return None
 
 
+def media_key(part: dict) -> str:
+    """What makes two parts the same media: the real path of a local file, else the URL as typed."""
+    from edgevid.model.media_parts import media_reference
+
+    source = media_reference(part)[1]
+    if isinstance(source, bytes):
+        return "bytes:" + hashlib.sha256(source).hexdigest()
+    if source.startswith("file://"):
+        source = url2pathname(urlsplit(source).path)
+    if "://" in source or source[:5].lower() == "data:":
+        return source
+    return os.path.realpath(os.path.expanduser(source))
+
+
 def chat(pipeline, media, options) -> None:
     click.echo(f"edgevid chat with {pipeline.model_name} on {pipeline.provider}. Type a question; paths to videos "
                "or images in it are attached. /clear forgets the conversation, /exit quits.", err=True)
-    history, pending = [], list(media)
+    history, pending, attached = [], list(media), set()
     while True:
         try:
             line = input("> ").strip()
@@ -150,19 +206,31 @@ def chat(pipeline, media, options) -> None:
         if line in ("/exit", "/quit"):
             return
         if line == "/clear":
-            history, pending = [], []
+            history, pending, attached = [], [], set()
             click.echo("[conversation cleared]", err=True)
             continue
         if not line:
             continue
-        text, found = split_media(line)
-        message = user_message(pending + found, text)
+        typed = split_media(line)
+        if typed.missing:      # answering without the video the user meant would be an answer about nothing
+            click.echo(f"[no such file: {', '.join(typed.missing)} — not attached, question not sent]", err=True)
+            continue
+        new_media, keys = [], []
+        for part in pending + typed.media:
+            key = media_key(part)
+            if key in attached or key in keys:
+                click.echo(f"[{brief_name(key)} is already attached]", err=True)
+                continue
+            new_media.append(part)
+            keys.append(key)
+        message = user_message(new_media, typed.text)
         try:
             answer = stream_answer(pipeline, history + [message], options)
         except (InvalidRequestError,) + _media_errors() as err:
             click.echo(f"error: {err}", err=True)
             continue
         history += [message, {"role": "assistant", "content": answer}]
+        attached.update(keys)
         pending = []
 
 
