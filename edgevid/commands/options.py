@@ -36,7 +36,7 @@ def model_options(command):
     wrapper = click.option("--demo", is_flag=True,
                            help="Use the demo model bundled with edgevid (instead of -m).")(wrapper)
     return click.option("-m", "--model", "model", metavar="DIR",
-                        help="Model folder written by `edgevid export` (or an onnx-community Gemma 4 folder).")(wrapper)
+                        help="Model folder written by `edgevid export`.")(wrapper)
 
 
 def device_options(command):

@@ -22,22 +22,16 @@ Session options (``session_options``), chosen on purpose:
 - memory patterns off: they cache an allocation plan per input shape, and the decoder sees a new
   past length every step (the vision encoder a new frame count per request), so a plan is never
   reused; DirectML requires them off anyway.
-- intra-op spinning off (``spinning``): onnxruntime's pool threads busy-wait between ops by default, which
-  on a machine whose cores are shared (the usual edge box, and the 2-core benchmark machine) takes CPU
-  from the threads doing the work. Measured on the ~258M benchmark config, 2 threads on a loaded 2-core
-  machine, alternating runs: prefill 7.35/7.38 s -> 6.04/6.99 s, decode 9.4/7.7 -> 13.8/12.3 tokens/s,
-  vision 4 frames 1.37 -> 1.25 s (median of 5).
+- intra-op spinning off (``spinning``): pool threads busy-wait between ops by default, which on shared
+  cores (the usual edge box) takes CPU from the threads doing the work.
 - prefill in chunks of 256 tokens: a chunk's attention scores and MLP activations are the prefill's
-  transient memory; 256 instead of 512 took the benchmark's q4 peak RSS from 534 to 456 MB with no
-  prefill-time difference measurable above this machine's noise.
-- CPU memory arena off for every graph. Measured on a ~250M-parameter Gemma 4 with a 2,271-token
-  prefill: the arena (which grows by powers of two and keeps what it took) added 1.2 GB of RSS during
-  prefill against 0.4 GB without it, and decode speed did not change (step tensors are small next to
-  the matmuls). A vision arena would also stay reserved while the decoder runs.
+  transient memory, and smaller chunks cost no measurable prefill time.
+- CPU memory arena off for every graph: the arena grows by powers of two and keeps what it took, for no
+  decode speed; a vision arena would also stay reserved while the decoder runs.
 - after loading each graph, each vision run and each prefill chunk the freed heap is handed back to the OS
-  (``edgevid.model.heap.trim_heap``, glibc only): benchmark q4 peak RSS 569 -> 534 MB at 512-token chunks;
-  after loading, the parsed decoder file (~330 MB of freed heap on the benchmark's fp32 decoder) otherwise
-  stayed resident until the first trim.
+  (``edgevid.model.heap.trim_heap``, glibc only); the parsed decoder file otherwise stays resident.
+
+What each of these measured: docs/benchmarks.md ("Session options").
 """
 from __future__ import annotations
 
