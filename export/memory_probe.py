@@ -51,8 +51,6 @@ def probe_vision(output: Path, optimize: bool = True, external: bool = False) ->
     from .onnx_graphs import export_vision
 
     onnx_graphs.OPTIMIZE = optimize
-    if external:
-        onnx_graphs.TWO_GB = 0
 
     process = psutil.Process()
     torch.set_grad_enabled(False)
@@ -92,7 +90,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's optimizer")
-    parser.add_argument("--external", action="store_true", help="save with external data whatever the size")
+    parser.add_argument("--external", action="store_true", help="no effect: every graph is saved with external data now (kept for old command lines)")
     args = parser.parse_args(argv)
     print(json.dumps(probe_vision(args.output, optimize=not args.no_optimize, external=args.external), indent=2))
 

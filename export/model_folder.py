@@ -6,26 +6,19 @@ import logging
 import shutil
 from pathlib import Path
 
+from edgevid.model.folder_format import (  # noqa: F401  (the schema the runtime reads: one definition)
+    FORMAT_VERSION, GRAPH_FILES, GRAPHS as GRAPH_NAMES, MANIFEST, SUFFIX, graph_files,
+)
+
 from .decoder import DecoderLayout
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 SIDE_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
 )
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder")
-GRAPH_FILES = {"vision_encoder": "vision_encoder", "embed_tokens": "embed_tokens", "decoder": "decoder_model_merged"}
-SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4"}
-
-
-def graph_files(precision: str) -> dict:
-    """{"vision_encoder": "vision_encoder_q4.onnx", ...} for a precision."""
-    return {key: f"{stem}{SUFFIX[precision]}.onnx" for key, stem in GRAPH_FILES.items()}
-
-
 def files_size(folder: Path, files: dict) -> int:
     total = 0
     for name in files.values():
@@ -147,6 +140,6 @@ def write_manifest(output: Path, *, config, layout: DecoderLayout, source: str, 
         "decoder": decoder_facts(config, layout),
         "parity": parity if parity is not None else {"skipped": True},
     }
-    path = output / "edgevid.json"
+    path = output / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

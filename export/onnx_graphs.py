@@ -19,7 +19,6 @@ from .encoders import VisionEncoderGraph
 
 log = logging.getLogger(__name__)
 
-TWO_GB = 2 * 1024 ** 3       # kept for callers; every graph is saved with external data now
 OPTIMIZE = True          # onnxscript's optimizer (constant folding, cleanup) before saving
 AUTO = torch.export.Dim.DYNAMIC     # dynamic, and an error (not a silent constant) if export specialises
 

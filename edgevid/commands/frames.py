@@ -8,12 +8,7 @@ import click
 import numpy as np
 
 from edgevid.media import SampledVideo, SourcePolicy, sample_video
-
-
-def mmss(seconds: float) -> str:
-    """Gemma 4's frame label: minutes and whole seconds, floored."""
-    whole = int(seconds)
-    return f"{whole // 60:02d}:{whole % 60:02d}"
+from edgevid.model.prompt import format_timestamp as mmss      # the label the prompt gives each frame
 
 
 @click.command("frames")

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from edgevid.errors import ModelFolderError
+from edgevid.model.folder_format import GRAPHS, MANIFEST, SUPPORTED_FORMAT_VERSIONS
 
-MANIFEST = "edgevid.json"
 REQUIRED_FILES = (MANIFEST, "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
-GRAPHS = ("vision_encoder", "embed_tokens", "decoder")
 _GRAPH_ALIASES = {"decoder_model_merged": "decoder", "vision": "vision_encoder", "embed": "embed_tokens"}
-SUPPORTED_FORMAT_VERSIONS = (1,)
 
 # tokenizer_config.json attribute -> SpecialTokens field, with the Gemma 4 string as the fallback
 _TOKEN_STRINGS = {
