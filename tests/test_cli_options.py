@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -55,10 +56,15 @@ def test_every_listed_command_exists():
         assert isinstance(getattr(importlib.import_module(module), attr), click.Command), name
 
 
-def test_help_in_a_fresh_interpreter_lists_the_commands():
-    # a fresh process: nothing imported importlib.util for the CLI beforehand
-    result = subprocess.run([sys.executable, "-c", "import sys; from edgevid.cli import main; sys.argv=['edgevid', '--help']; main()"],
-                            capture_output=True, text=True, timeout=60)
+def test_help_without_site_imports_lists_the_commands():
+    """As from a wheel install: ``site`` (whose editable-install hooks import ``importlib.util``) is not run,
+    so the CLI must import what it uses itself."""
+    import edgevid
+
+    paths = [str(Path(edgevid.__file__).parent.parent)] + [p for p in sys.path if "site-packages" in p]
+    code = ("import sys; sys.path[:0] = %r; assert 'importlib.util' not in sys.modules; "
+            "from edgevid.cli import main; sys.argv = ['edgevid', '--help']; main()" % paths)
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     for name in COMMANDS:
         assert name in result.stdout
