@@ -169,13 +169,13 @@ class Pipeline:
         return stream.result()
 
     def resolve_media(self, messages: Sequence[Mapping], options: GenerationOptions | None = None, policy=None,
-                      use: CacheUse | None = None) -> list:
+                      use: CacheUse | None = None, *, gate=None) -> list:
         """The messages with every media part fetched, sampled and preprocessed (through the media cache
         when on): the one media path of every surface. The server calls it in the request's own thread, so
         a slow download never holds the model worker; ``stream`` calls it for anything not yet resolved."""
         frames = (options.num_frames if options else None) or self.default_num_frames
         return resolve_media_parts(messages, self.folder, num_frames=frames, policy=policy or self.policy,
-                                   cache=self.cache, use=use)
+                                   cache=self.cache, use=use, gate=gate)
 
     def build_prompt(self, messages: Sequence[Mapping], options: GenerationOptions, policy=None,
                      use: CacheUse | None = None) -> Prompt:

@@ -15,9 +15,10 @@ its vision features are cached by the pipeline on top. Parts that already hold f
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ContextManager, Mapping
 
 from edgevid.errors import EdgevidError, InvalidRequestError
 from edgevid.model.cache import CacheUse, MediaCache, frames_key
@@ -57,26 +58,27 @@ def media_reference(part: Any) -> tuple[str, Any, int | None] | None:
 
 def resolve_media_parts(messages: Any, folder: ModelFolder, *, num_frames: int, policy: Any,
                         cache: MediaCache | None = None, use: CacheUse | None = None,
-                        mode: str = "accurate") -> Any:
+                        mode: str = "accurate", gate: ContextManager | None = None) -> Any:
     """A copy of ``messages`` whose media parts given by reference are decoded and preprocessed.
 
-    Errors are the media layer's typed errors with ``param`` naming the part
-    (``messages[0].content[1].video_url.url``); anything that is not a list of messages is returned as
-    it is (the prompt layer reports it)."""
+    ``gate`` (e.g. a semaphore) is held while a part is decoded, not while it is fetched, so a server can
+    bound concurrent decodes without a slow download holding a slot. Errors are the media layer's typed
+    errors with ``param`` naming the part (``messages[0].content[1].video_url.url``); anything that is not
+    a list of messages is returned as it is (the prompt layer reports it)."""
     if not isinstance(messages, (list, tuple)):
         return messages
     out = []
     for i, message in enumerate(messages):
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, (list, tuple)):
-            parts = [_resolve_part(part, f"messages[{i}].content[{j}]", folder, num_frames, policy, cache, use, mode)
-                     for j, part in enumerate(content)]
+            parts = [_resolve_part(part, f"messages[{i}].content[{j}]", folder, num_frames, policy, cache, use, mode,
+                                   gate) for j, part in enumerate(content)]
             message = {**message, "content": parts}
         out.append(message)
     return out
 
 
-def _resolve_part(part, where, folder, num_frames, policy, cache, use, mode):
+def _resolve_part(part, where, folder, num_frames, policy, cache, use, mode, gate):
     reference = media_reference(part)
     if reference is None:
         return part
@@ -84,7 +86,7 @@ def _resolve_part(part, where, folder, num_frames, policy, cache, use, mode):
     param = f"{where}.{part['type']}" + (".url" if part["type"].endswith("_url") else "")
     try:
         prepared, hit = prepare_media(kind, source, folder, num_frames=frames or num_frames, policy=policy,
-                                      cache=cache, mode=mode)
+                                      cache=cache, mode=mode, gate=gate)
     except EdgevidError as err:
         if err.param is None or err.param == "messages":
             err.param = param
@@ -96,16 +98,21 @@ def _resolve_part(part, where, folder, num_frames, policy, cache, use, mode):
 
 
 def prepare_media(kind: str, source: Any, folder: ModelFolder, *, num_frames: int, policy: Any,
-                  cache: MediaCache | None = None, mode: str = "accurate") -> tuple[PreparedMedia, bool]:
+                  cache: MediaCache | None = None, mode: str = "accurate",
+                  gate: ContextManager | None = None) -> tuple[PreparedMedia, bool]:
     """Fetch -> sample (or load) -> preprocess one video or image; ``(prepared, came_from_cache)``."""
     from edgevid.media import open_source
 
+    def decode() -> PreparedMedia:
+        with gate or contextlib.nullcontext():
+            return _decode(kind, media, folder, num_frames, policy, mode)
+
     with open_source(source, policy) as media:       # fetched once; the cache key is the hash of its bytes
         if cache is None:
-            return _decode(kind, media, folder, num_frames, policy, mode), False
+            return decode(), False
         key = frames_key(media.sha256, num_frames=num_frames if kind == "video" else 1,
                          mode=mode if kind == "video" else "image", preprocess=_recipe(kind, folder))
-        return cache.frames(key, lambda: _decode(kind, media, folder, num_frames, policy, mode))
+        return cache.frames(key, decode)
 
 
 def _decode(kind, media, folder, num_frames, policy, mode) -> PreparedMedia:
