@@ -85,7 +85,7 @@ def test_memory_stays_flat_over_hundreds_of_windows():
     """The reader, ring and window sampler alone on a fast stream, 300 windows."""
     with MJPEGServer(fps=60, size=(320, 240), quality=70) as cam:
         options = WatchOptions(every=0.02, window=0.25, num_frames=4, max_windows=300, fps=30)
-        reader, ring = start_reader(cam.url, options, ReaderOptions(read_timeout=2.0))
+        reader, ring = start_reader(cam.url, options, ReaderOptions(stall_timeout=2.0))
         process = psutil.Process()
         rss, sizes, count = [], [], [0]
 
