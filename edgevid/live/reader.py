@@ -160,7 +160,9 @@ class StreamReader(threading.Thread):
         backoff = opts.backoff_initial
         while not self._halt.is_set():
             self._attempts += 1
+            opening = self.clock()
             capture = open_capture(self.source, open_timeout=opts.open_timeout, read_timeout=opts.stall_timeout)
+            timed_out = self.clock() - opening >= 0.9 * opts.open_timeout
             if self._halt.is_set():
                 if capture is not None:
                     capture.release()
@@ -170,6 +172,10 @@ class StreamReader(threading.Thread):
                     self.failure = "cannot open the file as video"
                     return
                 diagnosis = diagnose(self.source, timeout=min(2.0, opts.open_timeout))
+                if timed_out and diagnosis.status is not None and diagnosis.status < 300:
+                    # it answers now, but did not while we were opening (a hung server that came back)
+                    diagnosis = Diagnosis(f"no answer while opening for {opts.open_timeout:g} s "
+                                          f"(the server answers now)")
                 if self._attempt_failed(diagnosis, backoff):
                     return
             else:

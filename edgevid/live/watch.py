@@ -31,7 +31,7 @@ from edgevid.live.window import sample_window
 
 log = logging.getLogger(__name__)
 POLL = 0.05         # seconds between checks of stop / end of file while waiting
-ABANDON = 0.3       # seconds the loop waits for the reader thread at the end before leaving it behind
+ABANDON = 0.1       # seconds the loop waits for the reader thread at the end before leaving it behind
 
 
 @dataclass
