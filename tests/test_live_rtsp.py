@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from live_fixtures import join_readers  # noqa: F401 - autouse
 from clips import frame_id, write_clip
 from edgevid.errors import StreamUnavailableError
 from edgevid.live import ReaderOptions, WatchLoop, WatchOptions, start_reader

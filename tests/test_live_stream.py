@@ -10,6 +10,7 @@ import pytest
 from edgevid.errors import MediaNotFoundError, StreamUnavailableError
 from edgevid.live import (FrameRing, ReaderOptions, StreamReader, WatchLoop, WatchOptions, parse_source,
                           start_reader)
+from live_fixtures import join_readers  # noqa: F401 - autouse
 from clips import frame_id, write_clip
 from mjpeg_server import MJPEGServer
 
@@ -203,3 +204,13 @@ def test_a_live_hls_stream_is_watched_like_any_other():
     flat = [i for window in seen for i in window]
     assert all(window == sorted(window) for window in seen) and flat[-1] > flat[0]   # a live, advancing stream
     assert max(flat) >= 30                                      # segments beyond the first playlist arrived
+
+
+def test_a_wrong_http_path_is_reported_as_a_404():
+    with MJPEGServer() as cam:
+        options = WatchOptions(every=0.5, window=1.0, connect_timeout=10)
+        reader, ring = start_reader(cam.url.replace("stream.mjpg", "nope.mjpg"), options, ReaderOptions(**FAST))
+        started = time.monotonic()
+        with pytest.raises(StreamUnavailableError, match=r"HTTP GET answered 404 .*no stream at path '/nope.mjpg'"):
+            WatchLoop(reader, ring, ask=lambda v: "", emit=lambda r: None, options=options).run()
+        assert time.monotonic() - started < 5                        # a wrong path is final, not retried

@@ -16,6 +16,7 @@ import click
 
 from edgevid.commands.options import device_options, generation_options, model_options
 from edgevid.commands.signals import on_stop_signals
+from edgevid.errors import EdgevidError
 from edgevid.live import WatchLoop, WatchOptions, start_reader
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
@@ -85,8 +86,26 @@ def watch(source, model_dir, demo, prompt, every, window, num_frames, max_window
         click.echo("-- stopping after the current window (Ctrl-C again to abort)", err=True)
         stop.set()
 
-    with _records(jsonl) as emit, on_stop_signals(finish_window):
-        WatchLoop(reader, ring, ask=ask, emit=emit, options=options, stop=stop).run()
+    code = 0
+    try:
+        with _records(jsonl) as emit, on_stop_signals(finish_window):
+            WatchLoop(reader, ring, ask=ask, emit=emit, options=options, stop=stop).run()
+    except EdgevidError as exc:
+        if not reader.is_alive():
+            raise
+        click.echo(f"error: {exc}", err=True)
+        code = 1
+    if reader.is_alive():
+        _exit_leaving_the_reader(code)
+
+
+def _exit_leaving_the_reader(code: int) -> None:
+    """The reader thread is still inside FFmpeg (bounded by its own timeouts, not waited for). Python 3.11 ends
+    such a thread at interpreter exit with ``pthread_exit``, which aborts through OpenCV's C++ frames
+    ("terminate called without an active exception"): flush what was written and leave without finalizing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _quiet_decoder_logs() -> None:

@@ -36,7 +36,7 @@ SETTLE_SECONDS = 2.0          # at most this long to drain what a stream buffere
 
 @dataclass
 class ReaderOptions:
-    fps: float = 2.0                 # frames kept per second of stream time
+    fps: float = 2.0                 # frames kept per second
     max_side: int = 960              # kept frames are downscaled to this longer side (0 = never)
     open_timeout: float = 10.0       # seconds one attempt to open a network stream may take
     stall_timeout: float = 5.0       # seconds without a new frame before a live stream counts as lost
@@ -253,9 +253,9 @@ class StreamReader(threading.Thread):
                 if not stamp.new:
                     continue
                 t, lag = stamp.t, stamp.lag
-            keep = pts >= next_keep
+            keep = t >= next_keep
             if keep:
-                next_keep = next_keep + keep_every if pts - next_keep < keep_every else pts + keep_every
+                next_keep = next_keep + keep_every if t - next_keep < keep_every else t + keep_every
             rgb = self._retrieve(capture) if keep else None
             if keep and rgb is None:
                 self._flush(pending, clock)
