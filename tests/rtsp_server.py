@@ -7,7 +7,8 @@
 
 The server is a subprocess because PyGObject (``python3-gi``) belongs to the system python, not to the test
 venv. Each client gets its own pipeline playing the clip from its start in real time, so frame ``k`` of a
-connection left the server ``k / fps`` seconds after that connection began. ``gst_rtsp_missing()`` says
+connection left the server ``k / fps`` seconds after that connection began; ``shared=True`` plays one
+pipeline for every client instead (a camera), which after a hang sends out what it owed at once. ``gst_rtsp_missing()`` says
 what is not installed (the tests skip with it; CI counts such a skip as a failure).
 """
 from __future__ import annotations
@@ -46,8 +47,8 @@ def gst_rtsp_missing() -> str | None:
 
 
 class RTSPServer:
-    def __init__(self, clip: Path, *, path: str = "/cam", port: int = 0):
-        self.clip, self.path, self.port = Path(clip), path, port
+    def __init__(self, clip: Path, *, path: str = "/cam", port: int = 0, shared: bool = False):
+        self.clip, self.path, self.port, self.shared = Path(clip), path, port, shared
         self.proc: subprocess.Popen | None = None
         self.sessions_started: list[float] = []      # time.time() of each start (for the tests' own record)
 
@@ -57,7 +58,7 @@ class RTSPServer:
 
     def start(self) -> "RTSPServer":
         self.proc = subprocess.Popen([SYSTEM_PYTHON, str(SERVE), str(self.clip), "--port", str(self.port),
-                                      "--path", self.path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      "--path", self.path, *(["--shared"] if self.shared else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""

@@ -224,6 +224,7 @@ class StreamReader(threading.Thread):
         # caught up, so the whole burst is stamped with the settled anchor, not with its arrival times
         pending: list[tuple[float, int, np.ndarray | None]] = []
         pending_since = 0.0
+        settled = paced
         self._first = True
         play_start = None
         while not self._halt.is_set():
@@ -253,9 +254,12 @@ class StreamReader(threading.Thread):
                 if not stamp.new:
                     continue
                 t, lag = stamp.t, stamp.lag
-            keep = t >= next_keep
+            # decimate on frame time; while a burst is held its frames' times are not settled, but their
+            # spacing is the stream's own: decimate on stream time then (t = anchor + pts once settled)
+            at = t if settled else pts
+            keep = at >= next_keep
             if keep:
-                next_keep = next_keep + keep_every if t - next_keep < keep_every else t + keep_every
+                next_keep = next_keep + keep_every if at - next_keep < keep_every else at + keep_every
             rgb = self._retrieve(capture) if keep else None
             if keep and rgb is None:
                 self._flush(pending, clock)
@@ -265,13 +269,15 @@ class StreamReader(threading.Thread):
                     return "halted"
                 self._file_position = pts
                 self._on_new_frame(t, lag, rgb, self._seq, t)
-            elif pending or self._first:
+            elif not settled:
                 if not pending:
                     pending_since = arrival
                 pending.append((pts, self._seq, rgb))
                 step = pts - previous_pts if previous_pts is not None else 0.0
                 caught_up = step > 0 and (arrival - began >= 0.5 * step or anchor_before - clock.anchor < 0.3 * step)
                 if caught_up or arrival - pending_since > SETTLE_SECONDS:
+                    next_keep += clock.anchor
+                    settled = True
                     self._flush(pending, clock)
             else:
                 # a stream whose timestamps are not real time is watched by arrival until its clock is checked
