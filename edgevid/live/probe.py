@@ -100,6 +100,10 @@ def _get(parts, timeout: float) -> Diagnosis:
 def _status(what: str, status: int, text: str, parts) -> Diagnosis:
     if 200 <= status < 300:
         return Diagnosis(f"{what} answered {status} {text}, but no video could be read from it", status)
-    hint = {404: f" (no stream at path {parts.path or '/'!r})",
-            401: " (check the user name and password)", 403: " (access refused)"}.get(status, "")
-    return Diagnosis(f"{what} answered {status} {text}{hint}", status, status in FINAL_STATUSES)
+    final = status in FINAL_STATUSES
+    hint = {404: f" (no stream at path {parts.path or '/'!r})", 403: " (access refused)",
+            401: " (the stream needs a user name and password in the URL)"}.get(status, "")
+    if status == 401 and parts.username:
+        # the probe sends no credentials: FFmpeg tried the URL's, which may be right while something else failed
+        hint, final = " to a probe without credentials (check the URL's user name and password)", False
+    return Diagnosis(f"{what} answered {status} {text}{hint}", status, final)
