@@ -315,9 +315,12 @@ def test_cli_sigterm_while_reconnecting_to_a_hung_camera_exits_within_a_second(c
 
 def test_cli_never_answering_server_and_wrong_path_are_one_readable_line(clip):
     with SilentServer() as silent:
+        began = time.monotonic()
         proc = watch_cli(silent.url, "--connect-timeout", "2s")
         _, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - began
     assert proc.returncode == 1 and "Traceback" not in err
+    assert elapsed < 2.0 + 6.0, elapsed          # the timeout, plus starting Python and loading the model
     assert "no frames from the stream within 2 s" in err and "did not answer RTSP DESCRIBE" in err, err
     with RTSPServer(clip) as cam:
         proc = watch_cli(cam.url.replace("/cam", "/wrong"))
