@@ -250,10 +250,14 @@ class StreamReader(threading.Thread):
                 play_start = arrival - pts if play_start is None else play_start
                 t, lag = play_start + pts, 0.0
             else:
+                checked = clock.mode
                 stamp = clock.stamp(pts, arrival)
                 if not stamp.new:
                     continue
                 t, lag = stamp.t, stamp.lag
+                if clock.mode != checked:
+                    log.info("stream %s: its clock runs at %.2fx real time: frames stamped by %s time",
+                             self.source.text, clock.rate, clock.mode)
             # decimate on frame time; while a burst is held its frames' times are not settled, but their
             # spacing is the stream's own: decimate on stream time then (t = anchor + pts once settled)
             at = t if settled else pts
