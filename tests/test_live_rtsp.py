@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +25,6 @@ from edgevid.live import ReaderOptions, WatchLoop, WatchOptions, start_reader
 from rtsp_server import RTSPServer, SilentServer, gst_rtsp_missing
 
 FPS = 10
-DEMO = Path(__file__).resolve().parent.parent / "edgevid" / "demo"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -222,7 +220,7 @@ def test_a_server_that_is_down_is_reported_as_refused(clip):
 
 # ---- the CLI, end to end ----------------------------------------------------------------------------
 def watch_cli(url, *args):
-    return subprocess.Popen([sys.executable, "-m", "edgevid", "watch", url, "-m", str(DEMO), "-i", "What moves?",
+    return subprocess.Popen([sys.executable, "-m", "edgevid", "watch", url, "--demo", "-i", "What moves?",
                              "--max-tokens", "4", "--jsonl", "-", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
