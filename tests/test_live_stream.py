@@ -10,10 +10,11 @@ import pytest
 from edgevid.errors import MediaNotFoundError, StreamUnavailableError
 from edgevid.live import (FrameRing, ReaderOptions, StreamReader, WatchLoop, WatchOptions, parse_source,
                           start_reader)
+from live_fixtures import join_readers  # noqa: F401 - autouse
 from clips import frame_id, write_clip
 from mjpeg_server import MJPEGServer
 
-FAST = dict(open_timeout=1.0, read_timeout=0.8, backoff_initial=0.1, backoff_max=0.4)
+FAST = dict(open_timeout=1.0, stall_timeout=0.8, backoff_initial=0.1, backoff_max=0.4)
 
 
 def wait_for(predicate, timeout=10.0, step=0.02):
@@ -93,14 +94,16 @@ def test_stream_that_drops_and_comes_back_is_reopened_and_the_gap_reported(camer
     finally:
         reader.stop()
         reader.join(5)
-    kinds = [e.kind for e in reader.drain_events()]
+    events = reader.drain_events()
+    kinds = [e.kind for e in events if e.kind != "open_failed"]      # attempts while the camera was away
     assert kinds[:3] == ["connected", "stream_lost", "reconnected"]
+    assert all("closed connection" in e.detail["reason"] for e in events if e.kind == "open_failed")
     (gap,) = reader.gaps_between(float("-inf"), float("inf"))
     assert 1.0 <= gap.seconds < 6.0 and gap.start <= dropped + 0.2
     assert camera.connections >= 2
 
 
-def test_stalled_stream_counts_as_lost_after_the_read_timeout(camera):
+def test_stalled_stream_counts_as_lost_after_the_stall_timeout(camera):
     ring = FrameRing(max_age=5.0, max_frames=100)
     reader = StreamReader(parse_source(camera.url), ring, ReaderOptions(fps=10, **FAST))
     reader.start()
@@ -109,7 +112,7 @@ def test_stalled_stream_counts_as_lost_after_the_read_timeout(camera):
         camera.stall()
         stalled = time.monotonic()
         assert wait_for(lambda: any(e.kind == "stream_lost" for e in list(reader._events)), 6)
-        assert time.monotonic() - stalled >= FAST["read_timeout"] * 0.8
+        assert time.monotonic() - stalled >= FAST["stall_timeout"] * 0.8
         camera.restore()
         assert wait_for(lambda: any(e.kind == "reconnected" for e in list(reader._events)), 10)
     finally:
@@ -149,6 +152,9 @@ def test_watch_reports_the_gap_when_the_stream_drops(camera):
     reader, ring = start_reader(camera.url, options, ReaderOptions(**FAST))
     records = []
 
+    def closed(record):
+        return [g for g in record.get("gaps", ()) if not g["ongoing"]]
+
     def emit(record):
         records.append(record)
         windows = [r for r in records if "window" in r]
@@ -157,17 +163,20 @@ def test_watch_reports_the_gap_when_the_stream_drops(camera):
         if any(r.get("event") == "stream_lost" for r in records) and camera._down.is_set():
             time.sleep(0.6)
             camera.restore()
-        if any(r["gaps"] for r in windows):
+        if any(closed(r) for r in windows):
             loop.stop.set()
 
     loop = WatchLoop(reader, ring, ask=lambda v: "ok", emit=emit, options=options)
     summary = loop.run()
-    kinds = [r.get("event") for r in records if "event" in r]
+    kinds = [r.get("event") for r in records if r.get("event") not in (None, "open_failed", "windows_skipped")]
     assert kinds[:3] == ["connected", "stream_lost", "reconnected"] and kinds[-1] == "stopped"
     reconnected = next(r for r in records if r.get("event") == "reconnected")
     assert reconnected["gap_s"] >= 0.5 and reconnected["gap_start"] < reconnected["gap_end"]
-    gap_window = next(r for r in records if "window" in r and r["gaps"])
-    assert gap_window["gaps"][0]["seconds"] == reconnected["gap_s"]
+    gap_window = next(r for r in records if "window" in r and closed(r))
+    assert closed(gap_window)[0]["seconds"] == reconnected["gap_s"] and closed(gap_window)[0]["outage"]
+    lost_at = next(r["time"] for r in records if r.get("event") == "stream_lost")
+    during = [r for r in records if "window" in r and reconnected["gap_start"] < r["window_end"] < lost_at]
+    assert all(r["gaps"] and r["gaps"][-1]["ongoing"] and r["in_outage"] for r in during)
     assert summary.reason == "stopped"
 
 
@@ -187,7 +196,7 @@ def test_a_live_hls_stream_is_watched_like_any_other():
 
     with HLSServer(fps=10) as hls:
         options = WatchOptions(every=1.0, window=3.0, num_frames=4, max_windows=3)
-        reader, ring = start_reader(hls.url, options, ReaderOptions(open_timeout=5, read_timeout=5))
+        reader, ring = start_reader(hls.url, options, ReaderOptions(open_timeout=5, stall_timeout=5))
         seen = []
         summary = WatchLoop(reader, ring, ask=lambda v: seen.append([frame_id(f) for f in v.frames]) or "ok",
                             emit=lambda r: None, options=options).run()
@@ -195,3 +204,13 @@ def test_a_live_hls_stream_is_watched_like_any_other():
     flat = [i for window in seen for i in window]
     assert all(window == sorted(window) for window in seen) and flat[-1] > flat[0]   # a live, advancing stream
     assert max(flat) >= 30                                      # segments beyond the first playlist arrived
+
+
+def test_a_wrong_http_path_is_reported_as_a_404():
+    with MJPEGServer() as cam:
+        options = WatchOptions(every=0.5, window=1.0, connect_timeout=10)
+        reader, ring = start_reader(cam.url.replace("stream.mjpg", "nope.mjpg"), options, ReaderOptions(**FAST))
+        started = time.monotonic()
+        with pytest.raises(StreamUnavailableError, match=r"HTTP GET answered 404 .*no stream at path '/nope.mjpg'"):
+            WatchLoop(reader, ring, ask=lambda v: "", emit=lambda r: None, options=options).run()
+        assert time.monotonic() - started < 5                        # a wrong path is final, not retried

@@ -9,7 +9,8 @@ import numpy as np
 import psutil
 import pytest
 
-from edgevid.live import Frame, ReaderOptions, WatchLoop, WatchOptions, pick_uniform, sample_window, start_reader
+from edgevid.live import Frame, ReaderOptions, Stamp, StreamClock, WatchLoop, WatchOptions, pick_uniform, sample_window, start_reader
+from live_fixtures import join_readers  # noqa: F401 - autouse
 from clips import frame_id, write_clip
 from mjpeg_server import MJPEGServer
 
@@ -60,6 +61,69 @@ def test_file_is_played_at_its_own_speed_and_the_last_window_covers_its_end(tmp_
     assert all(b >= a for window in ids for a, b in zip(window, window[1:])) and min(flat) < 12
 
 
+def test_a_file_stopped_by_max_windows_did_not_end(tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", frames=240, fps=24)          # 10 s
+    options = WatchOptions(every=0.5, window=1.0, num_frames=2, max_windows=2)
+    reader, ring = start_reader(str(clip), options)
+    records = []
+    summary = WatchLoop(reader, ring, ask=lambda v: "ok", emit=records.append, options=options).run()
+    assert summary.reason == "max_windows"
+    assert [r["event"] for r in records if "event" in r] == ["connected", "stopped"]   # no "ended"
+    assert records[-1]["reason"] == "max_windows"
+
+
+def test_the_ended_event_says_where_the_file_ended(tmp_path):
+    clip = write_clip(tmp_path / "short.mp4", frames=24, fps=24)          # 1 s
+    options = WatchOptions(every=0.4, window=1.0, num_frames=2)
+    reader, ring = start_reader(str(clip), options)
+    records = []
+    assert WatchLoop(reader, ring, ask=lambda v: "ok", emit=records.append, options=options).run().reason == "ended"
+    (ended,) = [r for r in records if r.get("event") == "ended"]
+    assert ended["reason"] == "end of file" and ended["frames"] == 24 and abs(ended["position_s"] - 23 / 24) < 0.01
+
+
+def test_stream_clock_keeps_true_times_for_late_frames_and_drops_repeats():
+    clock = StreamClock()
+    assert clock.stamp(0.0, 100.0) == Stamp(100.0, True, 0.0)
+    assert clock.stamp(0.1, 100.1).t == pytest.approx(100.1)
+    assert clock.stamp(0.2, 100.25).t == pytest.approx(100.2)          # 50 ms late: keeps its stream time
+    assert clock.stamp(0.2, 100.4).new is False                         # the timestamp did not advance
+    late = clock.stamp(0.3, 105.3)                                      # a decoder hands it back 5 s later
+    assert late.new and late.t == pytest.approx(100.3) and late.lag == pytest.approx(5.0)
+    assert clock.stamp(0.4, 100.35).t == pytest.approx(100.35)         # never placed after its arrival
+
+
+def test_stream_clock_settles_on_the_best_delivered_frame_after_a_burst():
+    clock = StreamClock()
+    burst = [clock.stamp(k / 10, 10.0 + k * 0.001) for k in range(30)]   # 3 s buffered while opening
+    assert clock.anchor == pytest.approx(10.029 - 2.9)
+    assert [s.t for s in burst] == sorted(s.t for s in burst)
+    assert clock.stamp(3.0, 10.13).t == pytest.approx(10.129)
+
+
+def test_stream_clock_falls_back_to_arrival_times_when_the_stream_clock_is_not_real_time():
+    clock = StreamClock(check_seconds=2.0)
+    clock.stamp(0.0, 0.0)
+    clock.begin_rate_check()
+    for k in range(1, 40):                          # FFmpeg's 25 fps numbering of a 10 fps MJPEG camera
+        stamp = clock.stamp(k * 0.04, k * 0.1)
+    assert clock.mode == "arrival" and clock.rate == pytest.approx(0.4)
+    assert stamp.t == pytest.approx(3.9)
+    real = StreamClock()
+    real.stamp(0.0, 0.0)
+    real.begin_rate_check()
+    for k in range(1, 40):
+        real.stamp(k * 0.1, k * 0.1 + (0.03 if k % 3 else 0.0))
+    assert real.mode == "stream"
+
+
+def test_stream_clock_restarts_when_the_source_rewinds():
+    clock = StreamClock()
+    clock.stamp(50.0, 100.0)
+    restarted = clock.stamp(0.0, 101.0)
+    assert restarted.new and restarted.t == pytest.approx(101.0)
+
+
 def test_a_model_slower_than_every_skips_windows_instead_of_queueing(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames=96, fps=24)           # 4 s
     options = WatchOptions(every=0.3, window=0.6, num_frames=3)
@@ -85,7 +149,7 @@ def test_memory_stays_flat_over_hundreds_of_windows():
     """The reader, ring and window sampler alone on a fast stream, 300 windows."""
     with MJPEGServer(fps=60, size=(320, 240), quality=70) as cam:
         options = WatchOptions(every=0.02, window=0.25, num_frames=4, max_windows=300, fps=30)
-        reader, ring = start_reader(cam.url, options, ReaderOptions(read_timeout=2.0))
+        reader, ring = start_reader(cam.url, options, ReaderOptions(stall_timeout=2.0))
         process = psutil.Process()
         rss, sizes, count = [], [], [0]
 
