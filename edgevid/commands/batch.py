@@ -1,0 +1,83 @@
+"""``edgevid batch``: the same questions about every video of an archive, locally or on a Ray cluster.
+
+    edgevid batch clips/ night/*.mp4 @more.txt --demo -i "What happens?" -i "Is anyone there?" -o results.jsonl
+    edgevid batch clips/ -m models/gemma-4-e2b -i "..." -o results.jsonl --workers 4
+    edgevid batch clips/ -m /shared/models/gemma-4-e2b -i "..." -o results.jsonl --ray HEAD:6379
+
+One JSON line per (source, question) goes to -o as it is answered; the same command again resumes.
+Progress on stderr, then a summary line. Exit 0 when every answer has a record (failed ones included),
+1 when the run cannot go on, 130 after Ctrl-C.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import click
+
+from edgevid.errors import InvalidRequestError
+
+LOCAL_RAY = "<local>"
+_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9.\-\[\]:]+:\d{2,5})$")
+
+
+@click.command("batch")
+@click.argument("sources", nargs=-1)
+@click.option("-m", "--model", "model", metavar="DIR", help="Model folder written by `edgevid export`.")
+@click.option("--demo", is_flag=True, help="Use the demo model bundled with edgevid (instead of -m).")
+@click.option("-i", "--question", "questions", multiple=True, required=True,
+              help="A question asked about every source (repeatable).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Results file (JSON Lines); an existing one is resumed, never overwritten.")
+@click.option("--workers", type=click.IntRange(1, 1024),
+              help="Worker processes (or Ray actors). Default: cores // threads, as many as memory holds.")
+@click.option("--threads", type=click.IntRange(1, 256), help="onnxruntime threads per worker. [default: 2]")
+@click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, default=None, metavar="[ADDRESS]",
+              help="Run on Ray: a cluster's ADDRESS (HOST:6379, ray://HOST:10001, auto), or alone for a local "
+                   "Ray instance. Needs `pip install \"edgevid[ray]\"`.")
+@click.option("--ship-model", is_flag=True,
+              help="With --ray: send the model folder through Ray's object store instead of reading -m's path "
+                   "on every node.")
+@click.option("--num-frames", type=click.IntRange(1, 1024), help="Frames sampled per video (default: the model's).")
+@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens in an answer.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
+@click.option("--seed", type=int, help="Seed for sampling (same seed, same answer).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | dml | openvino")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | int8 | q4 (as exported).")
+@click.option("--allowed-media-domains", "domains", multiple=True,
+              help="URL sources only from these hosts (repeatable, or comma-separated). Default: any host.")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Allow URL sources on loopback, private and link-local addresses (refused by default).")
+@click.option("--max-media-bytes", default=2**30, show_default=True, type=click.IntRange(min=1),
+              help="Cap on each downloaded URL source.")
+@click.option("--no-progress", is_flag=True, help="No progress line on stderr (the summary is still printed).")
+def batch(sources, model, demo, questions, output, workers, threads, ray_address, ship_model, num_frames,
+          max_tokens, temperature, top_p, top_k, seed, device, precision, domains, allow_private_urls,
+          max_media_bytes, no_progress):
+    """Ask the same questions about every video of an archive (local workers or a Ray cluster)."""
+    from edgevid.batch import batch_url_policy, run_batch
+    from edgevid.model.generate import GenerationOptions
+
+    sources = list(sources)
+    if ray_address not in (None, LOCAL_RAY) and (not _ADDRESS.match(ray_address) or os.path.exists(ray_address)):
+        sources.append(ray_address)        # `--ray clips/`: the next word was a source, not an address
+        ray_address = LOCAL_RAY
+    if not sources:
+        raise InvalidRequestError("name at least one SOURCE (file, folder, glob, @list.txt or URL)", param="source")
+    if ship_model and ray_address is None:
+        raise InvalidRequestError("--ship-model goes with --ray", param="ship_model")
+    options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                seed=seed, num_frames=num_frames)
+    domains = tuple(d.strip() for item in domains for d in item.split(",") if d.strip())
+    policy = batch_url_policy(domains=domains or None, allow_private_urls=allow_private_urls,
+                              max_bytes=max_media_bytes)
+    ray = None if ray_address is None else True if ray_address in (LOCAL_RAY, "local") else ray_address
+    summary = run_batch(sources, questions, output, model=model, demo=demo or model == "--demo", options=options,
+                        precision=precision, device=device, workers=workers, threads=threads, ray=ray,
+                        ship_model=ship_model, url_policy=policy, progress=not no_progress)
+    click.echo(summary.line(), err=True)
+    if summary.interrupted:
+        sys.exit(130)
