@@ -178,7 +178,7 @@ class RayBackend:
 
     def _start(self, remote, job: BatchJob, slot: int, generation: int) -> _Actor:
         name = f"edgevid-batch-{self.run_id}-{slot}.{generation}"
-        handle = remote.options(name=name).remote(job, f"{slot}.{generation}")
+        handle = remote.options(name=name).remote(job, f"{self.run_id}-{slot}.{generation}")   # worker "ray-<this>@host:pid"
         self.actor_names.append(name)
         return _Actor(slot, generation, handle, name)
 
