@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from stat import S_ISREG
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -105,7 +106,7 @@ def open_item(item: Item, job: BatchJob) -> Opened:
     try:
         stat = os.stat(item.location)
         opened.size, opened.mtime_ns = stat.st_size, stat.st_mtime_ns
-        if opened.sha256 is None:
+        if opened.sha256 is None and S_ISREG(stat.st_mode):      # a FIFO would block: open_source says why
             opened.sha256 = file_sha256(item.location)
     except OSError:
         opened.sha256 = None                      # open_source below names the cause

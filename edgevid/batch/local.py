@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -72,6 +73,8 @@ class _Slot:
     dead: bool = False
     item: Item | None = None
     finished: set[int] = field(default_factory=set)
+    deadline: float = float("inf")       # the answer in progress must arrive by then
+    timed_out: bool = False
 
     @property
     def name(self) -> str:
@@ -81,9 +84,10 @@ class _Slot:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, job: BatchJob, workers: int):
+    def __init__(self, job: BatchJob, workers: int, answer_timeout: float | None = None):
         self.job = job
         self.workers = workers
+        self.answer_timeout = answer_timeout or float("inf")
         self._context = multiprocessing.get_context("spawn")
         self._restarts = 0
         self.pids: list[int] = []
@@ -102,6 +106,7 @@ class LocalBackend:
                             exhausted = item is None
                         if item is not None:
                             slot.item, slot.finished = item, set()
+                            slot.deadline = time.monotonic() + self.answer_timeout
                             slot.conn.send(item)
                 if exhausted and not queue and all(s.item is None for s in slots):
                     return
@@ -119,6 +124,7 @@ class LocalBackend:
                     if retry is not None:
                         queue.appendleft(retry)
                     slots[slot.index] = self._start(slot.index, slot.generation + 1)
+                self._stop_overdue(slots)
         finally:
             self._stop(slots)
 
@@ -133,6 +139,7 @@ class LocalBackend:
                 elif kind == "fatal":
                     raise BatchError(f"a worker could not start: {payload}")
                 elif kind == "outcome":
+                    slot.deadline = time.monotonic() + self.answer_timeout
                     slot.finished.add(payload.question)
                     sink.outcome(slot.item, payload)
                 elif kind == "item_done":
@@ -148,13 +155,25 @@ class LocalBackend:
         slot.process.join(STOP_TIMEOUT)
         code = slot.process.exitcode
         reason = f"worker {slot.name} exited ({_describe_exit(code)})"
-        self._restarts += 1
+        self._restarts += not slot.timed_out
         if not slot.ready or self._restarts > 3 * self.workers + 10:
             raise BatchError(f"{reason} {'while loading the model' if not slot.ready else 'too often'}; "
                              "the run cannot go on")
         log.warning("%s", reason)
         item, slot.item = slot.item, None
-        return None if item is None else sink.retry_or_give_up(item, slot.finished, "its worker died")
+        if item is None:
+            return None
+        if slot.timed_out:
+            return sink.retry_or_give_up(item, slot.finished, f"no answer within {self.answer_timeout:g} s "
+                                         "(the worker was stopped)", final=True)
+        return sink.retry_or_give_up(item, slot.finished, "its worker died")
+
+    def _stop_overdue(self, slots: list[_Slot]) -> None:
+        now = time.monotonic()
+        for slot in slots:
+            if slot.item is not None and not slot.dead and not slot.timed_out and now > slot.deadline:
+                slot.timed_out = True
+                slot.process.kill()              # noticed as a death on the next wait
 
     # ---- processes -----------------------------------------------------------------------------------
     def _start(self, index: int, generation: int) -> _Slot:

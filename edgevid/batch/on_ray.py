@@ -21,9 +21,10 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -122,14 +123,18 @@ class _Actor:
     name: str
     dead: bool = False
     in_flight: int = 0
+    head_started: float = 0.0        # when the item at the head of its queue started (about)
+    head: deque = field(default_factory=deque)   # (ref, item) in submission order: actors run them in order
+    timed_out: object = None         # the item it was killed for taking too long on
 
 
 class RayBackend:
     name = "ray"
 
     def __init__(self, job: BatchJob, workers: int | None, address: str | None = None, ship: bool = False,
-                 verbose: bool = False):
+                 verbose: bool = False, answer_timeout: float | None = None):
         self.job = job
+        self.answer_timeout = answer_timeout or float("inf")
         self.workers = workers
         self.address = address
         self.ship = ship
@@ -205,7 +210,11 @@ class RayBackend:
                         exhausted = item is None
                     if item is None:
                         break
-                    in_flight[actor.handle.answer.remote(item)] = (actor, item)
+                    ref = actor.handle.answer.remote(item)
+                    in_flight[ref] = (actor, item)
+                    if not actor.head:
+                        actor.head_started = time.monotonic()
+                    actor.head.append((ref, item))
                     actor.in_flight += 1
             if not in_flight:
                 if exhausted and not queue:
@@ -215,12 +224,21 @@ class RayBackend:
             for ref in done:
                 actor, item = in_flight.pop(ref)
                 actor.in_flight -= 1
+                if actor.head and actor.head[0][0] == ref:
+                    actor.head.popleft()
+                    actor.head_started = time.monotonic()
                 try:
                     outcomes = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
                     if not actor.dead:
                         actor.dead = True
-                        self._replace(remote, job, actors, actor, _first_line(exc))
+                        self._replace(remote, job, actors, actor, _first_line(exc), count=actor.timed_out is None)
+                    if item is actor.timed_out:
+                        retry = sink.retry_or_give_up(item, set(), f"no answer within {self.answer_timeout:g} s "
+                                                      "(the Ray actor was stopped)", final=True)
+                        if retry is not None:
+                            queue.append(retry)
+                        continue
                     retry = sink.retry_or_give_up(item, set(), "its Ray actor died")
                     if retry is not None:
                         queue.append(retry)
@@ -236,9 +254,20 @@ class RayBackend:
                 for outcome in outcomes:
                     sink.outcome(item, outcome)
                 sink.item_done(item)
+            self._stop_overdue(ray, actors)
 
-    def _replace(self, remote, job, actors: list[_Actor], dead: _Actor, cause: str) -> None:
-        self._restarts += 1
+    def _stop_overdue(self, ray, actors: list[_Actor]) -> None:
+        now = time.monotonic()
+        for actor in actors:
+            if actor.dead or actor.timed_out is not None or not actor.head:
+                continue
+            item = actor.head[0][1]
+            if now - actor.head_started > self.answer_timeout * len(item.questions):
+                actor.timed_out = item
+                ray.kill(actor.handle)             # its refs fail; the item is recorded, the rest redone
+
+    def _replace(self, remote, job, actors: list[_Actor], dead: _Actor, cause: str, count: bool = True) -> None:
+        self._restarts += count
         if self._restarts > 3 * len(actors) + 10:
             raise BatchError(f"Ray actors died too often; the last: {cause}")
         log.warning("Ray actor %s died (%s); starting another", dead.name, cause)

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL_MAX_BYTES = 2**30
 DEFAULT_THREADS = 2
+DEFAULT_ANSWER_TIMEOUT = 900.0     # s; a worker stuck longer on one answer (a hanging decoder) is replaced
 MAX_QUESTIONS = 64
 MAX_QUESTION_CHARS = 8192
 
@@ -40,12 +41,15 @@ def run_batch(sources: Sequence[str], questions: Sequence[str], output: str | os
               workers: int | None = None, threads: int | None = None,
               ray: bool | str | None = None, ship_model: bool = False,
               url_policy: SourcePolicy | None = None, progress: bool = True,
+              answer_timeout: float | None = DEFAULT_ANSWER_TIMEOUT,
               on_record: Callable[[dict], None] | None = None) -> BatchSummary:
     """Answer every question about every source; one JSON line per (source, question) in ``output``.
 
     ``ray``: None/False = local worker processes; True = Ray (the instance ``ray.init`` already made in
     this process, else a new local one); a string = the address of a Ray cluster. ``workers`` defaults
     to cores // threads locally (bounded by memory), to the cluster's CPUs // threads on Ray.
+    ``answer_timeout``: seconds one answer may take before its worker is stopped and the source recorded
+    as failed (None = no limit)
     Raises :class:`BatchError` when the run cannot go on; per-item errors are recorded instead.
     KeyboardInterrupt stops the workers and returns a summary with ``interrupted=True``.
     """
@@ -67,11 +71,11 @@ def run_batch(sources: Sequence[str], questions: Sequence[str], output: str | os
 
         import_ray()
         backend = RayBackend(job, workers, address=None if ray is True else str(ray), ship=ship_model,
-                             verbose=log.isEnabledFor(logging.INFO))
+                             verbose=log.isEnabledFor(logging.INFO), answer_timeout=answer_timeout)
     else:
         from edgevid.batch.local import LocalBackend
 
-        backend = LocalBackend(job, workers or default_workers(threads, model_dir, precision))
+        backend = LocalBackend(job, workers or default_workers(threads, model_dir, precision), answer_timeout)
     summary = BatchSummary(output=os.fspath(output), backend=backend.name)
     bar = Progress(len(questions), enabled=progress)
     with ResultsFile.open(output) as results:

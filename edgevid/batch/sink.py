@@ -49,19 +49,20 @@ class Sink:
         self.summary.sources += 1
         self.progress.source_done()
 
-    def retry_or_give_up(self, item: Item, finished: set[int], reason: str) -> Item | None:
+    def retry_or_give_up(self, item: Item, finished: set[int], reason: str, final: bool = False) -> Item | None:
         """The worker running ``item`` died: the questions it had not answered go back in the queue, or,
-        after MAX_ATTEMPTS, get an error record each."""
+        after MAX_ATTEMPTS (at once when ``final``: it was stopped for taking too long), get an error
+        record each — keyed so that a rerun tries them again."""
         from dataclasses import replace
 
         remaining = tuple(q for i, q in enumerate(item.questions) if i not in finished)
         if not remaining:
             self.item_done(item)
             return None
-        if item.attempt + 1 < MAX_ATTEMPTS:
+        if item.attempt + 1 < MAX_ATTEMPTS and not final:
             log.warning("%s: %s; redoing %d answer(s)", item.name, reason, len(remaining))
             return replace(item, questions=remaining, attempt=item.attempt + 1)
-        error = f"{reason} on each of {MAX_ATTEMPTS} attempts at this source"
+        error = reason if final else f"{reason} on each of {MAX_ATTEMPTS} attempts at this source"
         for question in remaining:
             key = answer_key(item.location, item.sha256, question, self.job)
             self.outcome(item, Outcome(0, key, failure_record(item, question, key, self.job, error)))

@@ -106,7 +106,10 @@ def _glob(pattern: str) -> Iterator[Source]:
 
 
 def is_media_file(path: str) -> bool:
-    """Video or image data by its first bytes, or a media file name (then its error gets recorded)."""
+    """Video or image data by its first bytes, or a media file name (then its error gets recorded).
+    Only regular files: reading a FIFO or a device found in a folder would block or never end."""
+    if not os.path.isfile(path):
+        return False
     if os.path.splitext(path)[1].lower() in MEDIA_SUFFIXES:
         return True
     try:

@@ -53,10 +53,13 @@ _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9.\-\[\]:]+:\d{2,5})$")
               help="Allow URL sources on loopback, private and link-local addresses (refused by default).")
 @click.option("--max-media-bytes", default=2**30, show_default=True, type=click.IntRange(min=1),
               help="Cap on each downloaded URL source.")
+@click.option("--answer-timeout", type=click.FloatRange(min=0), default=900, show_default=True,
+              help="Seconds one answer may take; a worker stuck longer is replaced and the source recorded as "
+                   "failed (0 = no limit).")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr (the summary is still printed).")
 def batch(sources, model, demo, questions, output, workers, threads, ray_address, ship_model, num_frames,
           max_tokens, temperature, top_p, top_k, seed, device, precision, domains, allow_private_urls,
-          max_media_bytes, no_progress):
+          max_media_bytes, answer_timeout, no_progress):
     """Ask the same questions about every video of an archive (local workers or a Ray cluster)."""
     from edgevid.batch import batch_url_policy, run_batch
     from edgevid.model.generate import GenerationOptions
@@ -77,7 +80,8 @@ def batch(sources, model, demo, questions, output, workers, threads, ray_address
     ray = None if ray_address is None else True if ray_address in (LOCAL_RAY, "local") else ray_address
     summary = run_batch(sources, questions, output, model=model, demo=demo or model == "--demo", options=options,
                         precision=precision, device=device, workers=workers, threads=threads, ray=ray,
-                        ship_model=ship_model, url_policy=policy, progress=not no_progress)
+                        ship_model=ship_model, url_policy=policy, progress=not no_progress,
+                        answer_timeout=answer_timeout or None)
     click.echo(summary.line(), err=True)
     if summary.interrupted:
         sys.exit(130)
