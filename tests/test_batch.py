@@ -264,3 +264,33 @@ def test_a_stuck_answer_is_stopped_recorded_and_the_run_goes_on(archive, tmp_pat
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_long_listing_is_walked_lazily(tmp_path):
+    """Listing and resume planning hold one item at a time: what the backends pull from as they go."""
+    import itertools
+    import tracemalloc
+
+    from edgevid.batch.job import BatchJob
+    from edgevid.batch.progress import BatchSummary, Progress
+    from edgevid.batch.results import ResultsFile
+    from edgevid.batch.run import batch_url_policy, plan
+    from edgevid.batch.sink import Sink
+    from edgevid.model.generate import GenerationOptions
+
+    listed = tmp_path / "big.txt"
+    count = 30_000                   # as many items held at once would take ~15 MB
+    listed.write_text("".join(f"{tmp_path}/cam{i % 40}/clip{i:06d}.mp4\n" for i in range(count)))
+    job = BatchJob(model_dir="m", model_id="x", model_name="m", options=GenerationOptions(),
+                   url_policy=batch_url_policy())
+    with ResultsFile.open(tmp_path / "r.jsonl") as results:
+        sink = Sink(results, Progress(2, enabled=False), job, BatchSummary())
+        tracemalloc.start()
+        items = plan(iter_sources([f"@{listed}"]), QUESTIONS, results, job, sink)
+        first = list(itertools.islice(items, 10))
+        early_peak = tracemalloc.get_traced_memory()[1]
+        rest = sum(1 for _ in items)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert len(first) + rest == count and first[0].questions == QUESTIONS
+    assert early_peak < 2**20 and peak < 2**20, (early_peak, peak)

@@ -7,6 +7,7 @@ in the results, and a changed file, question, model or option is answered again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -37,8 +38,11 @@ class BatchJob:
     threads: int = 1                 # onnxruntime intra-op threads per worker
     shipped_model: dict | None = field(default=None, compare=False)   # Ray: file name -> object ref
 
-    def options_identity(self) -> str:
-        return json.dumps(dataclasses.asdict(self.options), sort_keys=True, default=str)
+    @functools.cached_property
+    def answer_basis(self) -> str:
+        """The part of every resume key that is the same for the whole run (model, precision, options)."""
+        return json.dumps([self.model_id, self.precision, dataclasses.asdict(self.options)], sort_keys=True,
+                          default=str)
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,7 @@ class Item:
 
 def answer_key(location: str, content_sha256: str | None, question: str, job: BatchJob) -> str:
     """The resume key of one answer; ``content_sha256`` None = the source could not be read."""
-    payload = json.dumps([location, content_sha256 or "unreadable", question, job.model_id, job.precision,
-                          job.options_identity()])
+    payload = json.dumps([location, content_sha256 or "unreadable", question, job.answer_basis])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

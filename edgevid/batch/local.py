@@ -37,10 +37,18 @@ def job_model_dir(job: BatchJob) -> str:
     return bundled_demo_dir() if job.demo else job.model_dir
 
 
+def quiet_opencv() -> None:
+    """OpenCV's per-file warnings (a corrupt clip) would break the progress line; errors are recorded."""
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")      # read when the first capture opens
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def worker_main(conn, job: BatchJob, slot: str, log_level: int) -> None:
     """Entry point of a worker process (spawned: nothing is inherited but the arguments)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")   # per-file decode warnings would break the progress line
+    quiet_opencv()
     logging.basicConfig(level=log_level, format=f"%(levelname)s worker {slot} %(name)s: %(message)s")
     from edgevid.batch.answer import answer_item, load_pipeline, worker_name
 

@@ -53,7 +53,10 @@ class BatchActor:
         from edgevid.batch.answer import load_pipeline, worker_name
         from edgevid.batch.local import job_model_dir
 
+        from edgevid.batch.local import quiet_opencv
+
         logging.basicConfig(level=logging.WARNING)
+        quiet_opencv()
         self.job = job
         self.name = worker_name("ray", slot)
         self.failure = None

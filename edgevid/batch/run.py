@@ -82,15 +82,17 @@ def run_batch(sources: Sequence[str], questions: Sequence[str], output: str | os
         sink = Sink(results, bar, job, summary, on_record)
         listed = _Counter()
         bar.count_in_background(lambda: count_sources(sources))
+        started = False
         try:
             items = plan(listed.count(iter_sources(sources)), questions, results, job, sink)
             first = next(items, None)           # nothing left to answer: no worker is started at all
             if first is not None:
+                started = True
                 backend.run(itertools.chain([first], items), sink)
-                summary.workers = backend.workers
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
+            summary.workers = (backend.workers or 0) if started else 0
             summary.seconds = time.monotonic() - start
             bar.finish()
     missing = listed.value * len(questions) - sink.accounted
