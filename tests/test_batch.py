@@ -212,12 +212,14 @@ def test_url_sources_follow_the_source_policy_flags(archive, tmp_path):
 def test_fatal_errors_are_one_line_and_exit_1(archive, tmp_path):
     no_model = edgevid_cli("batch", archive, "-m", tmp_path / "nope", "-i", "q", "-o", tmp_path / "r.jsonl")
     assert no_model.returncode == 1 and no_model.stderr.startswith("error: ") and "Traceback" not in no_model.stderr
-    no_ray = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from edgevid.cli import main; main()",
-         "batch", str(archive), "--demo", "-i", "q", "-o", str(tmp_path / "r.jsonl"), "--ray"],
-        capture_output=True, text=True, timeout=300)
-    assert no_ray.returncode == 1
-    assert no_ray.stderr.strip() == 'error: --ray needs Ray, which is not installed here: pip install "edgevid[ray]"'
+    hint = 'error: --ray needs Ray, which is not installed here: pip install "edgevid[ray]"'
+    for args in (["batch", archive, "--demo", "-i", "q", "-o", tmp_path / "r.jsonl", "--ray"],
+                 ["batch", "--ray", archive, "--demo", "-i", "q", "-o", tmp_path / "r.jsonl"]):   # not an address
+        no_ray = subprocess.run(
+            [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from edgevid.cli import main; main()",
+             *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert no_ray.returncode == 1 and no_ray.stderr.strip() == hint, no_ray.stderr
+    assert not (tmp_path / "r.jsonl").exists()
     no_question = edgevid_cli("batch", archive, "--demo", "-o", tmp_path / "r.jsonl")
     assert no_question.returncode == 2 and "-i" in no_question.stderr
 

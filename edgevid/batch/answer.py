@@ -133,17 +133,17 @@ def _message(opened: Opened, question: str) -> dict:
 
 def _record(item: Item, question: str, key: str, worker: str, job: BatchJob, opened: Opened, start: float, *,
             result=None, error: str | None = None) -> dict:
-    frames = sum(m.get("frames") or 0 for m in result.media) if result is not None else None
+    ok = result is not None
     return {
         "source": item.name, "question": question,
-        "text": result.text if result is not None and error is None else None,
-        "error": error if result is None else None,
-        "frames": frames,
-        "prompt_tokens": result.prompt_tokens if result is not None else None,
-        "completion_tokens": result.completion_tokens if result is not None else None,
+        "text": result.text if ok else None,
+        "error": None if ok else error,
+        "frames": sum(m.get("frames") or 0 for m in result.media) if ok else None,
+        "prompt_tokens": result.prompt_tokens if ok else None,
+        "completion_tokens": result.completion_tokens if ok else None,
         "latency_s": round(time.perf_counter() - start, 4),
         "worker": worker, "model": job.model_name,
-        "finish_reason": result.finish_reason if result is not None else None,
+        "finish_reason": result.finish_reason if ok else None,
         "key": key, "sha256": opened.sha256,
         "path": None if item.is_url else item.location, "bytes": opened.size, "mtime_ns": opened.mtime_ns,
     }

@@ -158,8 +158,9 @@ class RayBackend:
                     from edgevid.batch.local import bundled_demo_dir
                     model_dir = bundled_demo_dir()
                 job = replace(job, shipped_model=ship_model(ray, model_dir, job.precision))
-            remote = ray.remote(num_cpus=job.threads, max_restarts=0)(BatchActor)
-            count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // job.threads))
+            cpus = _actor_cpus(ray, job.threads)
+            remote = ray.remote(num_cpus=cpus, max_restarts=0)(BatchActor)
+            count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
             self.workers = count
             actors = [self._start(remote, job, i, 0) for i in range(count)]
             self._wait_ready(ray, actors)
@@ -192,8 +193,12 @@ class RayBackend:
 
     def _wait_ready(self, ray, actors: list[_Actor]) -> None:
         for actor in actors:
+            ref = actor.handle.ready.remote()
+            while not ray.wait([ref], timeout=30.0)[0]:
+                log.warning("still waiting for Ray to place actor %s (the cluster has %s CPUs)", actor.name,
+                            ray.cluster_resources().get("CPU", 0))
             try:
-                _, failure = ray.get(actor.handle.ready.remote())
+                _, failure = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
                 raise BatchError(f"a Ray actor could not start: {_first_line(exc)}") from None
             if failure is not None:
@@ -275,6 +280,13 @@ class RayBackend:
             raise BatchError(f"Ray actors died too often; the last: {cause}")
         log.warning("Ray actor %s died (%s); starting another", dead.name, cause)
         actors[actors.index(dead)] = self._start(remote, job, dead.slot, dead.generation + 1)
+
+
+def _actor_cpus(ray, threads: int) -> float:
+    """CPUs an actor asks Ray for: its thread count, but no more than the biggest node has (an actor
+    that fits no node would wait forever)."""
+    biggest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    return min(threads, biggest) if biggest >= 1 else threads
 
 
 def _first_line(exc: BaseException) -> str:
