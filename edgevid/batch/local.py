@@ -102,7 +102,7 @@ class LocalBackend:
 
     def run(self, items: Iterator[Item], sink: Sink) -> None:
         slots = [self._start(i, 0) for i in range(self.workers)]
-        queue: deque[Item] = deque()
+        queue: deque[Item] = deque()          # items whose worker died, before new ones
         exhausted = False
         try:
             while True:
@@ -113,9 +113,7 @@ class LocalBackend:
                             item = next(items, None)
                             exhausted = item is None
                         if item is not None:
-                            slot.item, slot.finished = item, set()
-                            slot.deadline = time.monotonic() + self.answer_timeout
-                            slot.conn.send(item)
+                            self._send(slot, item)
                 if exhausted and not queue and all(s.item is None for s in slots):
                     return
                 handles = {}
@@ -137,6 +135,14 @@ class LocalBackend:
             self._stop(slots)
 
     # ---- messages ------------------------------------------------------------------------------------
+    def _send(self, slot: _Slot, item: Item) -> None:
+        slot.item, slot.finished = item, set()
+        slot.deadline = time.monotonic() + self.answer_timeout
+        try:
+            slot.conn.send(item)
+        except OSError:           # it just died: the sentinel reports it and the item is queued again
+            pass
+
     def _receive(self, slot: _Slot, sink: Sink) -> bool:
         """Handle every message waiting on the slot's pipe; False when the pipe is closed (worker gone)."""
         try:
@@ -160,6 +166,7 @@ class LocalBackend:
     def _lost(self, slot: _Slot, sink: Sink) -> Item | None:
         slot.dead = True
         self._receive(slot, sink)                # whatever it sent before dying still counts
+        slot.conn.close()
         slot.process.join(STOP_TIMEOUT)
         code = slot.process.exitcode
         reason = f"worker {slot.name} exited ({_describe_exit(code)})"
@@ -208,7 +215,8 @@ class LocalBackend:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join()
-            slot.conn.close()
+            if not slot.conn.closed:
+                slot.conn.close()
 
 
 def _describe_exit(code: int | None) -> str:
