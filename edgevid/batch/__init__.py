@@ -1,6 +1,6 @@
 """``edgevid batch``: the same questions about every video of an archive, locally or on a Ray cluster.
 
-    from edgevid.batch import run_batch
+    from edgevid import run_batch          # = edgevid.batch.run_batch
     summary = run_batch(["clips/", "@more.txt"], ["What happens?", "Is anyone there?"], "results.jsonl",
                         model="models/gemma-4-e2b")          # or demo=True; ray=True / ray="HEAD:6379"
     print(summary.line())

@@ -127,8 +127,11 @@ def file_sha256(path: str) -> str:
 
 
 def _message(opened: Opened, question: str) -> dict:
-    kind = "image_url" if opened.kind == "image" else "video_url"
-    return {"role": "user", "content": [{"type": kind, kind: {"url": opened.path}}, {"type": "text", "text": question}]}
+    from edgevid.messages import user_message
+
+    if opened.kind == "image":
+        return user_message(question, images=[opened.path])
+    return user_message(question, videos=[opened.path])       # GIFs too: the video path reads their frames
 
 
 def _record(item: Item, question: str, key: str, worker: str, job: BatchJob, opened: Opened, start: float, *,

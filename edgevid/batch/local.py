@@ -28,9 +28,10 @@ STOP_TIMEOUT = 5.0
 
 
 def bundled_demo_dir() -> str:
-    import edgevid
+    """This machine's bundled demo model (each node of a cluster has its own copy)."""
+    from edgevid.bundled_demo import demo_dir
 
-    return os.path.join(os.path.dirname(edgevid.__file__), "demo")
+    return str(demo_dir())
 
 
 def job_model_dir(job: BatchJob) -> str:

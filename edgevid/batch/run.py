@@ -165,18 +165,9 @@ def _questions(questions: Sequence[str]) -> tuple[str, ...]:
 
 
 def _model_dir(model, demo: bool) -> Path:
-    from edgevid.batch.local import bundled_demo_dir
-    from edgevid.errors import ModelFolderError
+    from edgevid import bundled_demo
 
-    if demo:
-        path = Path(bundled_demo_dir())
-        if not (path / "edgevid.json").is_file():
-            raise ModelFolderError("this edgevid install ships no demo model; run `edgevid export --demo "
-                                   "--output models/edgevid-demo` and pass -m models/edgevid-demo")
-        return path
-    if not model:
-        raise InvalidRequestError("pass a model folder with -m MODEL_DIR, or --demo", param="model")
-    return Path(model)
+    return bundled_demo.model_dir(None if model is None else os.fspath(model), demo)
 
 
 class _Counter:

@@ -10,12 +10,14 @@ Progress on stderr, then a summary line. Exit 0 when every answer has a record (
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
 
 import click
 
+from edgevid.commands.options import device_options, generation_options, model_options
 from edgevid.errors import InvalidRequestError
 
 LOCAL_RAY = "<local>"
@@ -24,8 +26,7 @@ _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9.\-\[\]:]+:\d{2,5})$")
 
 @click.command("batch")
 @click.argument("sources", nargs=-1)
-@click.option("-m", "--model", "model", metavar="DIR", help="Model folder written by `edgevid export`.")
-@click.option("--demo", is_flag=True, help="Use the demo model bundled with edgevid (instead of -m).")
+@model_options
 @click.option("-i", "--question", "questions", multiple=True, required=True,
               help="A question asked about every source (repeatable).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -40,13 +41,8 @@ _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9.\-\[\]:]+:\d{2,5})$")
               help="With --ray: send the model folder through Ray's object store instead of reading -m's path "
                    "on every node.")
 @click.option("--num-frames", type=click.IntRange(1, 1024), help="Frames sampled per video (default: the model's).")
-@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens in an answer.")
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
-@click.option("--seed", type=int, help="Seed for sampling (same seed, same answer).")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | dml | openvino")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | fp16 | int8 | q4 (as exported).")
+@generation_options
+@device_options
 @click.option("--allowed-media-domains", "domains", multiple=True,
               help="URL sources only from these hosts (repeatable, or comma-separated). Default: any host.")
 @click.option("--allow-private-urls", is_flag=True,
@@ -57,12 +53,10 @@ _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9.\-\[\]:]+:\d{2,5})$")
               help="Seconds one answer may take; a worker stuck longer is replaced and the source recorded as "
                    "failed (0 = no limit).")
 @click.option("--no-progress", is_flag=True, help="No progress line on stderr (the summary is still printed).")
-def batch(sources, model, demo, questions, output, workers, threads, ray_address, ship_model, num_frames,
-          max_tokens, temperature, top_p, top_k, seed, device, precision, domains, allow_private_urls,
-          max_media_bytes, answer_timeout, no_progress):
+def batch(sources, model_dir, demo, questions, output, workers, threads, ray_address, ship_model, num_frames,
+          generation, device, precision, domains, allow_private_urls, max_media_bytes, answer_timeout, no_progress):
     """Ask the same questions about every video of an archive (local workers or a Ray cluster)."""
     from edgevid.batch import batch_url_policy, run_batch
-    from edgevid.model.generate import GenerationOptions
 
     sources = list(sources)
     if ray_address not in (None, LOCAL_RAY) and (not _ADDRESS.match(ray_address) or os.path.exists(ray_address)):
@@ -72,13 +66,12 @@ def batch(sources, model, demo, questions, output, workers, threads, ray_address
         raise InvalidRequestError("name at least one SOURCE (file, folder, glob, @list.txt or URL)", param="source")
     if ship_model and ray_address is None:
         raise InvalidRequestError("--ship-model goes with --ray", param="ship_model")
-    options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                seed=seed, num_frames=num_frames)
+    options = dataclasses.replace(generation, num_frames=num_frames)
     domains = tuple(d.strip() for item in domains for d in item.split(",") if d.strip())
     policy = batch_url_policy(domains=domains or None, allow_private_urls=allow_private_urls,
                               max_bytes=max_media_bytes)
     ray = None if ray_address is None else True if ray_address in (LOCAL_RAY, "local") else ray_address
-    summary = run_batch(sources, questions, output, model=model, demo=demo or model == "--demo", options=options,
+    summary = run_batch(sources, questions, output, model=None if demo else model_dir, demo=demo, options=options,
                         precision=precision, device=device, workers=workers, threads=threads, ray=ray,
                         ship_model=ship_model, url_policy=policy, progress=not no_progress,
                         answer_timeout=answer_timeout or None)
