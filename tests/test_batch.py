@@ -296,3 +296,18 @@ def test_a_long_listing_is_walked_lazily(tmp_path):
         tracemalloc.stop()
     assert len(first) + rest == count and first[0].questions == QUESTIONS
     assert early_peak < 2**20 and peak < 2**20, (early_peak, peak)
+
+
+def test_python_api_from_a_script_without_a_main_guard_and_from_stdin(archive, tmp_path):
+    """Workers never re-run the caller's script (spawn would, by default)."""
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        "from edgevid import run_batch\n"
+        f"summary = run_batch([{str(archive / 'cam1/a.mp4')!r}], ['Describe the video.'], {str(tmp_path / 'r.jsonl')!r}, "
+        "demo=True, workers=1, progress=False)\n"
+        "print('ran', summary.done, summary.skipped)\n")
+    from_file = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert from_file.returncode == 0 and from_file.stdout == "ran 1 0\n", from_file.stderr
+    from_stdin = subprocess.run([sys.executable, "-"], input=script.read_text(), capture_output=True, text=True,
+                                timeout=300)
+    assert from_stdin.returncode == 0 and from_stdin.stdout == "ran 0 1\n", from_stdin.stderr

@@ -8,10 +8,13 @@ which stops them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -197,7 +200,8 @@ class LocalBackend:
         process = self._context.Process(
             target=worker_main, args=(child, self.job, f"{index}.{generation}", logging.getLogger().level),
             name=f"edgevid-batch-{index}", daemon=True)
-        process.start()
+        with _main_module_hidden():
+            process.start()
         child.close()
         self.pids.append(process.pid)
         return _Slot(index, generation, process, parent)
@@ -218,6 +222,28 @@ class LocalBackend:
                 slot.process.join()
             if not slot.conn.closed:
                 slot.conn.close()
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Spawned workers need only edgevid, never the caller's script: without this, spawn re-runs the
+    caller's ``__main__`` in each worker (a script with no ``if __name__ == "__main__"`` guard would start
+    the batch again there; code read from stdin cannot be re-run at all)."""
+    main = sys.modules.get("__main__")
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    with _MAIN_LOCK:
+        try:
+            if "__spec__" in saved:
+                main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(main, name, value)
+
+
+_MAIN_LOCK = threading.Lock()
 
 
 def _describe_exit(code: int | None) -> str:
