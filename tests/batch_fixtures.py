@@ -5,11 +5,15 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from clips import write_clip
@@ -87,3 +91,36 @@ def check_complete(records: list[dict], root: Path, questions=QUESTIONS) -> None
 def edgevid_cli(*args, cwd=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgevid", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Headers at once, then one byte every 0.2 s: a source that never finishes in time."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(300):
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def trickle_server():
+    """The URL of a clip that takes a minute to download (on loopback: needs allow_private_urls)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/slow.mp4"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

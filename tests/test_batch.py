@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from batch_fixtures import (QUESTIONS, answers, check_complete, edgevid_cli, expected_sources, make_archive, pairs,
-                            read_records)
+                            read_records, trickle_server)
 from edgevid.batch import run_batch
 from edgevid.batch.sources import iter_sources
 from edgevid.errors import BatchError
@@ -224,37 +224,13 @@ def test_fatal_errors_are_one_line_and_exit_1(archive, tmp_path):
     assert no_question.returncode == 2 and "-i" in no_question.stderr
 
 
-class _Trickle(SimpleHTTPRequestHandler):
-    """Headers at once, then one byte every 0.2 s: a source that never finishes in time."""
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", "100000")
-        self.end_headers()
-        try:
-            for _ in range(300):
-                self.wfile.write(b"\0")
-                self.wfile.flush()
-                time.sleep(0.2)
-        except OSError:
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_stuck_answer_is_stopped_recorded_and_the_run_goes_on(archive, tmp_path):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     fifo = tmp_path / "pipe.mp4"
     if hasattr(os, "mkfifo"):
         os.mkfifo(fifo)                                 # reading it would block forever
     else:
         fifo.mkdir()                                    # Windows: no FIFOs; a folder named like a clip
-    try:
-        stuck = f"http://127.0.0.1:{httpd.server_address[1]}/slow.mp4"
+    with trickle_server() as stuck:
         good = archive / "cam1/a.mp4"
         result = edgevid_cli("batch", stuck, good, fifo, "--demo", "-i", QUESTIONS[0], "-o", tmp_path / "r.jsonl",
                              "--allow-private-urls", "--answer-timeout", 4, "--workers", 1)
@@ -263,9 +239,6 @@ def test_a_stuck_answer_is_stopped_recorded_and_the_run_goes_on(archive, tmp_pat
         assert "no answer within 4 s" in records[stuck]["error"]
         assert records[str(good)]["error"] is None and records[str(good)]["text"]
         assert "not a regular file" in records[str(fifo)]["error"]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_a_long_listing_is_walked_lazily(tmp_path):

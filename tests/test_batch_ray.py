@@ -10,8 +10,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from batch_fixtures import QUESTIONS, answers, check_complete, edgevid_cli, make_archive, read_records  # noqa: E402
-from edgevid.batch import run_batch  # noqa: E402
+from batch_fixtures import (QUESTIONS, answers, check_complete, edgevid_cli, make_archive, read_records,  # noqa: E402
+                            trickle_server)
+from edgevid.batch import batch_url_policy, run_batch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,15 @@ def test_model_shipped_through_the_object_store(ray_instance, archive, tmp_path,
     assert all(answers(records)[k] == local_answers[k] for k in answers(records))
     assert (node_copy / ".complete").is_file() and (node_copy / "decoder_model_merged.onnx").is_file()
     assert not list(node_copy.glob("*_q4.onnx"))          # only the precision asked for travels
+
+
+def test_an_actor_stuck_on_one_answer_is_stopped_and_its_queue_redone(ray_instance, archive, tmp_path, local_answers):
+    good = archive / "cam1/a.mp4"
+    with trickle_server() as stuck:
+        summary = run_batch([stuck, good], QUESTIONS[:1], tmp_path / "r.jsonl", demo=True, ray=True, workers=1,
+                            threads=1, progress=False, answer_timeout=4,
+                            url_policy=batch_url_policy(allow_private_urls=True))
+    records = {r["source"]: r for r in read_records(tmp_path / "r.jsonl")}
+    assert "no answer within 4 s" in records[stuck]["error"]
+    assert records[str(good)]["text"] == local_answers[(str(good), QUESTIONS[0])][0]   # queued behind it: redone
+    assert (summary.done, summary.failed) == (2, 1)

@@ -125,10 +125,23 @@ class _Actor:
     handle: object
     name: str
     dead: bool = False
-    in_flight: int = 0
-    head_started: float = 0.0        # when the item at the head of its queue started (about)
-    head: deque = field(default_factory=deque)   # (ref, item) in submission order: actors run them in order
-    timed_out: object = None         # the item it was killed for taking too long on
+    queued: deque = field(default_factory=deque)   # (ref, item) in submission order: the actor runs them so
+    head_started: float = 0.0                      # when the item at the head started (about)
+    timed_out: object = None                       # the item it was stopped for taking too long on
+
+    def submit(self, item: Item):
+        ref = self.handle.answer.remote(item)
+        if not self.queued:
+            self.head_started = time.monotonic()
+        self.queued.append((ref, item))
+        return ref
+
+    def settle(self, ref) -> None:
+        """``ref`` finished (or failed): the next queued item is now running."""
+        was_head = bool(self.queued) and self.queued[0][0] == ref
+        self.queued = deque(entry for entry in self.queued if entry[0] != ref)
+        if was_head:
+            self.head_started = time.monotonic()
 
 
 class RayBackend:
@@ -206,70 +219,59 @@ class RayBackend:
 
     # ---- work ----------------------------------------------------------------------------------------
     def _loop(self, ray, remote, job, actors: list[_Actor], items: Iterator[Item], sink: Sink) -> None:
-        queue: deque[Item] = deque()
-        in_flight: dict = {}
+        queue: deque[Item] = deque()          # items to submit again (their actor died), before new ones
+        in_flight: dict = {}                  # ref -> (actor, item)
         exhausted = False
         while True:
             for actor in actors:
-                while not actor.dead and actor.in_flight < IN_FLIGHT:
+                while not actor.dead and len(actor.queued) < IN_FLIGHT:
                     item = queue.popleft() if queue else None
                     if item is None and not exhausted:
                         item = next(items, None)
                         exhausted = item is None
                     if item is None:
                         break
-                    ref = actor.handle.answer.remote(item)
-                    in_flight[ref] = (actor, item)
-                    if not actor.head:
-                        actor.head_started = time.monotonic()
-                    actor.head.append((ref, item))
-                    actor.in_flight += 1
+                    in_flight[actor.submit(item)] = (actor, item)
             if not in_flight:
                 if exhausted and not queue:
                     return
                 continue
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            for ref in done:
+            for ref in ray.wait(list(in_flight), num_returns=1, timeout=1.0)[0]:
                 actor, item = in_flight.pop(ref)
-                actor.in_flight -= 1
-                if actor.head and actor.head[0][0] == ref:
-                    actor.head.popleft()
-                    actor.head_started = time.monotonic()
-                try:
-                    outcomes = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    if not actor.dead:
-                        actor.dead = True
-                        self._replace(remote, job, actors, actor, _first_line(exc), count=actor.timed_out is None)
-                    if item is actor.timed_out:
-                        retry = sink.retry_or_give_up(item, set(), f"no answer within {self.answer_timeout:g} s "
-                                                      "(the Ray actor was stopped)", final=True)
-                        if retry is not None:
-                            queue.append(retry)
-                        continue
-                    retry = sink.retry_or_give_up(item, set(), "its Ray actor died")
-                    if retry is not None:
-                        queue.append(retry)
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    cause = _first_line(exc)
-                    if "BatchError" in cause:
-                        raise BatchError(f"a Ray actor failed: {cause}") from None
-                    retry = sink.retry_or_give_up(item, set(), f"its Ray task failed ({cause})")
-                    if retry is not None:
-                        queue.append(retry)
-                    continue
-                for outcome in outcomes:
-                    sink.outcome(item, outcome)
-                sink.item_done(item)
+                actor.settle(ref)
+                retry = self._collect(ray, remote, job, actors, actor, ref, item, sink)
+                if retry is not None:
+                    queue.append(retry)
             self._stop_overdue(ray, actors)
+
+    def _collect(self, ray, remote, job, actors, actor: _Actor, ref, item: Item, sink: Sink) -> Item | None:
+        """Hand a finished item's outcomes to the sink; an item whose actor died comes back to be redone."""
+        try:
+            outcomes = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if not actor.dead:
+                actor.dead = True
+                self._replace(remote, job, actors, actor, _first_line(exc), count=actor.timed_out is None)
+            if item is actor.timed_out:
+                return sink.retry_or_give_up(item, set(), f"no answer within {self.answer_timeout:g} s "
+                                             "(the Ray actor was stopped)", final=True)
+            return sink.retry_or_give_up(item, set(), "its Ray actor died")
+        except ray.exceptions.RayTaskError as exc:
+            cause = _first_line(exc)
+            if "BatchError" in cause:
+                raise BatchError(f"a Ray actor failed: {cause}") from None
+            return sink.retry_or_give_up(item, set(), f"its Ray task failed ({cause})")
+        for outcome in outcomes:
+            sink.outcome(item, outcome)
+        sink.item_done(item)
+        return None
 
     def _stop_overdue(self, ray, actors: list[_Actor]) -> None:
         now = time.monotonic()
         for actor in actors:
-            if actor.dead or actor.timed_out is not None or not actor.head:
+            if actor.dead or actor.timed_out is not None or not actor.queued:
                 continue
-            item = actor.head[0][1]
+            item = actor.queued[0][1]
             if now - actor.head_started > self.answer_timeout * len(item.questions):
                 actor.timed_out = item
                 ray.kill(actor.handle)             # its refs fail; the item is recorded, the rest redone
