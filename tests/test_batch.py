@@ -239,6 +239,9 @@ def test_a_stuck_answer_is_stopped_recorded_and_the_run_goes_on(archive, tmp_pat
         assert "no answer within 4 s" in records[stuck]["error"]
         assert records[str(good)]["error"] is None and records[str(good)]["text"]
         assert "not a regular file" in records[str(fifo)]["error"]
+        again = edgevid_cli("batch", stuck, good, fifo, "--demo", "-i", QUESTIONS[0], "-o", tmp_path / "r.jsonl",
+                            "--allow-private-urls", "--answer-timeout", 4, "--workers", 1)
+        assert again.returncode == 0 and "done 0, failed 0, skipped 3 " in again.stderr, again.stderr
 
 
 def test_a_long_listing_is_walked_lazily(tmp_path):

@@ -118,6 +118,18 @@ def open_item(item: Item, job: BatchJob) -> Opened:
     return opened
 
 
+def local_sha256(item: Item) -> str | None:
+    """The content hash of a local item's file, None for a URL or a file that cannot be read."""
+    if item.is_url:
+        return None
+    try:
+        if not S_ISREG(os.stat(item.location).st_mode):
+            return None
+        return file_sha256(item.location)
+    except OSError:
+        return None
+
+
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

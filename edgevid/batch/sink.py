@@ -3,9 +3,10 @@ caller's ``on_record``, and the counts the summary and the final completeness ch
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable
 
-from edgevid.batch.answer import Outcome
+from edgevid.batch.answer import Outcome, local_sha256
 from edgevid.batch.job import BatchJob, Item, answer_key
 from edgevid.batch.progress import BatchSummary, Progress
 from edgevid.batch.results import ResultsFile
@@ -52,9 +53,7 @@ class Sink:
     def retry_or_give_up(self, item: Item, finished: set[int], reason: str, final: bool = False) -> Item | None:
         """The worker running ``item`` died: the questions it had not answered go back in the queue, or,
         after MAX_ATTEMPTS (at once when ``final``: it was stopped for taking too long), get an error
-        record each — keyed so that a rerun tries them again."""
-        from dataclasses import replace
-
+        record each, final like any other failure (a rerun skips them)."""
         remaining = tuple(q for i, q in enumerate(item.questions) if i not in finished)
         if not remaining:
             self.item_done(item)
@@ -63,6 +62,7 @@ class Sink:
             log.warning("%s: %s; redoing %d answer(s)", item.name, reason, len(remaining))
             return replace(item, questions=remaining, attempt=item.attempt + 1)
         error = reason if final else f"{reason} on each of {MAX_ATTEMPTS} attempts at this source"
+        item = replace(item, sha256=item.sha256 or local_sha256(item))   # the key a rerun computes: it skips it
         for question in remaining:
             key = answer_key(item.location, item.sha256, question, self.job)
             self.outcome(item, Outcome(0, key, failure_record(item, question, key, self.job, error)))
