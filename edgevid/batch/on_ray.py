@@ -148,8 +148,9 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, job: BatchJob, workers: int | None, address: str | None = None, ship: bool = False,
-                 verbose: bool = False, answer_timeout: float | None = None):
+                 verbose: bool = False, answer_timeout: float | None = None, local_cap: int | None = None):
         self.job = job
+        self.local_cap = local_cap          # actors this machine's memory holds (a local instance only)
         self.answer_timeout = answer_timeout or float("inf")
         self.workers = workers
         self.address = address
@@ -173,9 +174,8 @@ class RayBackend:
                 job = replace(job, shipped_model=ship_model(ray, model_dir, job.precision))
             cpus = _actor_cpus(ray, job.threads)
             remote = ray.remote(num_cpus=cpus, max_restarts=0)(BatchActor)
-            count = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
-            self.workers = count
-            actors = [self._start(remote, job, i, 0) for i in range(count)]
+            self.workers = self._actor_count(ray, cpus)
+            actors = [self._start(remote, job, i, 0) for i in range(self.workers)]
             self._wait_ready(ray, actors)
             self._loop(ray, remote, job, actors, items, sink)
         finally:
@@ -186,6 +186,18 @@ class RayBackend:
                 ray.shutdown()
 
     # ---- cluster -------------------------------------------------------------------------------------
+    def _actor_count(self, ray, cpus: float) -> int:
+        """As many actors as asked (default: all the cluster's CPUs), but no more than fit at once (an
+        actor Ray cannot place would hold its queued items forever) nor, on a local instance, than this
+        machine's memory holds."""
+        fit = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+        count = min(self.workers or fit, fit)
+        if self.workers and self.workers > fit:
+            log.warning("the Ray cluster has room for %d actors of %g CPUs, not %d", fit, cpus, self.workers)
+        if not self.workers and self.local_cap:
+            count = min(count, self.local_cap)
+        return count
+
     def _connect(self, ray) -> bool:
         if ray.is_initialized():
             return False

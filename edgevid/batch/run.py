@@ -49,7 +49,7 @@ def run_batch(sources: Sequence[str], questions: Sequence[str], output: str | os
     this process, else a new local one); a string = the address of a Ray cluster. ``workers`` defaults
     to cores // threads locally (bounded by memory), to the cluster's CPUs // threads on Ray.
     ``answer_timeout``: seconds one answer may take before its worker is stopped and the source recorded
-    as failed (None = no limit)
+    as failed (None = no limit).
     Raises :class:`BatchError` when the run cannot go on; per-item errors are recorded instead.
     KeyboardInterrupt stops the workers and returns a summary with ``interrupted=True``.
     """
@@ -66,16 +66,8 @@ def run_batch(sources: Sequence[str], questions: Sequence[str], output: str | os
                    model_name=ModelFolder.load(model_dir).name, options=options,
                    url_policy=url_policy or batch_url_policy(), demo=demo, precision=precision, device=device,
                    threads=threads)
-    if ray:
-        from edgevid.batch.on_ray import RayBackend, import_ray
-
-        import_ray()
-        backend = RayBackend(job, workers, address=None if ray is True else str(ray), ship=ship_model,
-                             verbose=log.isEnabledFor(logging.INFO), answer_timeout=answer_timeout)
-    else:
-        from edgevid.batch.local import LocalBackend
-
-        backend = LocalBackend(job, workers or default_workers(threads, model_dir, precision), answer_timeout)
+    backend = _backend(job, model_dir, ray=ray, workers=workers, ship_model=ship_model,
+                       answer_timeout=answer_timeout)
     summary = BatchSummary(output=os.fspath(output), backend=backend.name)
     bar = Progress(len(questions), enabled=progress)
     with ResultsFile.open(output) as results:
@@ -99,6 +91,23 @@ def run_batch(sources: Sequence[str], questions: Sequence[str], output: str | os
     if not summary.interrupted and missing:
         raise BatchError(f"{missing} answer(s) have no record in {output}; rerun the same command to resume")
     return summary
+
+
+def _backend(job: BatchJob, model_dir: Path, *, ray, workers: int | None, ship_model: bool,
+             answer_timeout: float | None):
+    """Local worker processes, or Ray actors (checked to be installed before anything is written)."""
+    if ray:
+        from edgevid.batch.on_ray import RayBackend, import_ray
+
+        import_ray()
+        address = None if ray is True else str(ray)
+        local = address in (None, "local")
+        return RayBackend(job, workers, address=address, ship=ship_model, verbose=log.isEnabledFor(logging.INFO),
+                          answer_timeout=answer_timeout,
+                          local_cap=default_workers(job.threads, model_dir, job.precision) if local else None)
+    from edgevid.batch.local import LocalBackend
+
+    return LocalBackend(job, workers or default_workers(job.threads, model_dir, job.precision), answer_timeout)
 
 
 def plan(sources: Iterable[Source], questions: tuple[str, ...], results: ResultsFile, job: BatchJob,
