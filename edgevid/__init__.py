@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 from edgevid.errors import (  # noqa: F401  (the errors are cheap: always imported)
-    ContextLengthError, EdgevidError, EmptyMediaError, ExportError, FetchError, FetchTimeoutError,
+    BatchError, ContextLengthError, EdgevidError, EmptyMediaError, ExportError, FetchError, FetchTimeoutError,
     InvalidRequestError, MediaError, MediaNotAllowedError, MediaNotFoundError, MediaTooLargeError,
     ModelFolderError, NoVideoStreamError, ProviderUnavailableError, StreamUnavailableError,
     UnreadableMediaError, UnsupportedMediaError,
@@ -35,6 +35,8 @@ _LAZY = {
     "user_message": "edgevid.messages",
     "video_part": "edgevid.messages",
     "image_part": "edgevid.messages",
+    "run_batch": "edgevid.batch",
+    "BatchSummary": "edgevid.batch",
     "DEMO_DIR": "edgevid.bundled_demo",
     "DEMO_CLIP": "edgevid.bundled_demo",
 }
@@ -42,7 +44,7 @@ _LAZY = {
 _ERRORS = ["EdgevidError", "InvalidRequestError", "ContextLengthError", "MediaError", "UnsupportedMediaError",
            "UnreadableMediaError", "NoVideoStreamError", "EmptyMediaError", "MediaTooLargeError",
            "MediaNotAllowedError", "MediaNotFoundError", "FetchError", "FetchTimeoutError",
-           "StreamUnavailableError", "ModelFolderError", "ProviderUnavailableError", "ExportError"]
+           "StreamUnavailableError", "ModelFolderError", "ProviderUnavailableError", "ExportError", "BatchError"]
 __all__ = ["__version__", *_ERRORS, *_LAZY]
 
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "run": ("edgevid.commands.run", "run", "Ask a model folder about videos and images."),
     "serve": ("edgevid.commands.serve", "serve", "Serve the OpenAI chat-completions API with video input."),
     "frames": ("edgevid.commands.frames", "frames", "Show the frames (and timestamps) the model would see."),
+    "batch": ("edgevid.commands.batch", "batch", "Ask the same questions about every video of an archive (local or Ray)."),
     "watch": ("edgevid.commands.watch", "watch", "Ask a question about a live stream every few seconds."),
 }
 

@@ -119,3 +119,10 @@ class StreamUnavailableError(MediaError):
     """A live source (stream URL, camera) could not be opened or delivered no frame in time."""
     status = 502
     code = "stream_unavailable"
+
+
+# ---- batch (edgevid batch) --------------------------------------------------------------------------
+class BatchError(EdgevidError):
+    """A batch run cannot go on (unreadable source list, results file not writable, every worker lost,
+    Ray missing or unreachable). Per-item failures are recorded in the results instead."""
+    code = "batch_failed"

@@ -17,7 +17,10 @@ from edgevid.model.folder_format import PRECISIONS
 from edgevid.model.generate import GenerationOptions
 from edgevid.model.providers import DEVICES
 
-MODEL_COMMANDS = ("run", "serve", "watch")
+MODEL_COMMANDS = ("run", "serve", "watch", "batch")
+
+
+EXTRA_ARGS = {"watch": ["x", "-i", "q"], "batch": ["x", "-i", "q", "-o", "results.jsonl"]}   # besides the options
 
 
 def command(name: str) -> click.Command:
@@ -72,7 +75,7 @@ def test_help_without_site_imports_lists_the_commands():
 
 @pytest.mark.parametrize("cmd", MODEL_COMMANDS)
 def test_unknown_device_is_refused_with_the_choices(cmd):
-    args = [cmd, "--demo", "--device", "directml"] + (["x", "-i", "q"] if cmd == "watch" else [])
+    args = [cmd, "--demo", "--device", "directml"] + EXTRA_ARGS.get(cmd, [])
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "'directml' is not one of" in result.output and "'dml'" in result.output
@@ -80,7 +83,7 @@ def test_unknown_device_is_refused_with_the_choices(cmd):
 
 @pytest.mark.parametrize("cmd", MODEL_COMMANDS)
 def test_model_and_demo_together_is_one_line_exit_1(cmd, tmp_path):
-    args = [cmd, "--demo", "-m", str(tmp_path)] + (["x", "-i", "q"] if cmd == "watch" else [])
+    args = [cmd, "--demo", "-m", str(tmp_path)] + EXTRA_ARGS.get(cmd, [])
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: give either -m MODEL_DIR or --demo, not both"
@@ -88,7 +91,7 @@ def test_model_and_demo_together_is_one_line_exit_1(cmd, tmp_path):
 
 @pytest.mark.parametrize("cmd", MODEL_COMMANDS)
 def test_no_model_is_one_line_exit_1(cmd):
-    args = [cmd] + (["x", "-i", "q"] if cmd == "watch" else ["-i", "q"] if cmd == "run" else [])
+    args = [cmd] + (["-i", "q"] if cmd == "run" else EXTRA_ARGS.get(cmd, []))
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "pass a model folder with -m MODEL_DIR, or --demo" in result.stderr
