@@ -317,7 +317,7 @@
   function setBusy(busy) {
     ui.ask.disabled = busy;
     ui.stop.disabled = !busy;
-    ui.form.setAttribute("aria-busy", String(busy));
+    ui.log.setAttribute("aria-busy", String(busy));
   }
 
   function newChat() {
