@@ -242,6 +242,38 @@ def long_seed(server) -> int:
     pytest.fail("no seed in 1..40 gives a 1,000-token answer")
 
 
+def test_an_image_dropped_on_the_page_is_shown_and_asked_about(server, page, tmp_path):
+    from PIL import Image, ImageDraw
+    from playwright.sync_api import expect
+
+    still = tmp_path / "still.png"
+    image = Image.new("RGB", (160, 120), (128, 128, 128))
+    ImageDraw.Draw(image).ellipse((20, 40, 60, 80), fill=(220, 30, 30))
+    image.save(still)
+    page.goto(server.url + "/")
+    payload = base64.b64encode(still.read_bytes()).decode()
+    drop = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "still.png", {type: "image/png"}));
+        return data;
+    }""", payload)
+    page.dispatch_event("#drop-zone", "dragenter", {"dataTransfer": drop})
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+    expect(page.locator("#contact-sheet li")).to_have_count(1)
+    expect(page.locator("#contact-sheet figcaption")).to_have_text("image")
+    expect(page.locator("#media-status")).to_contain_text("Image still.png · 160×120")
+    requests_seen = []
+    page.on("request", lambda r: requests_seen.append(r.post_data_json) if r.url.endswith("/chat/completions")
+            else None)
+    ask(page, "What colour is the circle?")
+    expect(answers(page).first).to_have_text(re.compile(r"\S"))
+    expect(page.locator(".msg.assistant .meta").first).to_contain_text("prompt")
+    part = requests_seen[0]["messages"][0]["content"][0]
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+    page.errors.assert_none()
+
+
 def test_an_oversized_file_shows_the_413_message(small_server, page, tmp_path):
     from playwright.sync_api import expect
 
@@ -348,7 +380,7 @@ def test_no_ui_serves_the_api_only():
 def test_page_and_settings_routes(key_server):
     page = requests.get(key_server.url + "/", timeout=30)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert "playground: " + key_server.url + "/" in key_server.playground_line
     for asset, kind in (("playground.js", "javascript"), ("playground.css", "text/css")):
         reply = requests.get(f"{key_server.url}/ui/{asset}", timeout=30)
