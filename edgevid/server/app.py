@@ -81,7 +81,7 @@ def chat_completions():
     req = parse_chat_request(_json_body(), state.limits)
     ticket = state.worker.admit()
     try:
-        messages = decode_request_media(req, state.config.policy, state.worker.pipeline)
+        messages = decode_request_media(req, state.worker.pipeline, state.config.policy)
         job = state.worker.submit(ticket, messages, req.options, stream=req.stream)
     except BaseException:
         ticket.release()

@@ -16,7 +16,7 @@ from edgevid.model.cache import CacheUse, prepare_videos
 from edgevid.server.request import ChatRequest, MediaPart, TextPart
 
 
-def decode_request_media(request: ChatRequest, policy: SourcePolicy, pipeline=None) -> list[dict]:
+def decode_request_media(request: ChatRequest, pipeline, policy: SourcePolicy) -> list[dict]:
     return [{"role": m.role, "content": [_decode_part(p, policy, pipeline) for p in m.parts]}
             for m in request.messages]
 
