@@ -200,6 +200,11 @@ def test_keyboard_only_and_options_reach_the_request(server, page):
     body = requests_seen[0]
     assert body["max_tokens"] == 5 and body["seed"] == 7 and body["num_frames"] == 4 and body["stream"] is True
     assert body["messages"][0]["content"][0]["video_url"]["url"].startswith("data:video/mp4;base64,")
+    # fewer frames: the sheet is sampled again and a new chat begins about the same clip
+    page.get_by_label("Frames per video").fill("2")
+    page.get_by_label("Frames per video").press("Tab")
+    expect(page.locator("#contact-sheet li")).to_have_count(2)
+    expect(page.locator(".msg")).to_have_count(0)
     # the controls are reachable with Tab, in reading order
     page.get_by_role("link", name="Skip to the question").focus()
     page.keyboard.press("Tab")
