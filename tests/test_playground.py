@@ -352,6 +352,40 @@ def test_usable_on_a_phone_sized_screen(server, phone):
     phone.errors.assert_none()
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_accessibility_violations(key_server, browser, scheme):
+    """axe-core (WCAG 2 A/AA + best practices) on the page with an error shown, then after an answer."""
+    from playwright.sync_api import expect
+
+    axe = os.environ.get("EDGEVID_AXE", "")
+    if not os.path.isfile(axe):
+        pytest.skip("set EDGEVID_AXE to axe-core's axe.min.js (npm install axe-core)")
+    context = browser.new_context(viewport={"width": 1100, "height": 800}, color_scheme=scheme)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors = PageErrors(page)
+        page.goto(key_server.url + "/")
+        page.add_script_tag(path=axe)
+        page.locator("input[type=file]").set_input_files(str(CLIP))
+        expect(page.get_by_role("alert")).to_contain_text("(401)")
+        assert audit(page) == []
+        page.get_by_label("API key").fill(KEY)
+        ask(page, QUESTION)
+        expect(page.locator(".msg.assistant .meta")).to_contain_text("tokens/s")
+        assert audit(page) == []
+        errors.assert_none(allowed_status=(401,))
+    finally:
+        context.close()
+
+
+def audit(page) -> list:
+    return page.evaluate("""async () => {
+        const result = await axe.run(document, {runOnly: ["wcag2a", "wcag2aa", "best-practice"]});
+        return result.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+    }""")
+
+
 def test_screenshot_for_the_docs(server, page, tmp_path):
     """Writes docs/playground.png when EDGEVID_SCREENSHOT is set (kept under 150 KB)."""
     from playwright.sync_api import expect
