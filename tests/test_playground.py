@@ -300,10 +300,15 @@ def test_an_oversized_file_shows_the_413_message(small_server, page, tmp_path):
     assert page.locator("body").inner_text().strip()
 
 
-def test_server_path_and_url_refusals_are_readable(server, page):
+def test_refusals_are_readable_messages(server, page, tmp_path):
     from playwright.sync_api import expect
 
     page.goto(server.url + "/")
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("only text with a video's name\n" * 20)
+    page.locator("input[type=file]").set_input_files(str(notes))        # unreadable media: 400
+    expect(page.get_by_role("alert")).to_contain_text("The server could not use this request (400)")
+    expect(page.get_by_role("alert")).to_contain_text("looks like text")
     page.get_by_text("Use a URL or a path on the server").click()
     page.get_by_label("URL or server path").fill(str(CLIP))
     page.get_by_role("button", name="Load").click()        # no --allowed-local-media-path: 403
@@ -316,7 +321,7 @@ def test_server_path_and_url_refusals_are_readable(server, page):
     page.get_by_role("button", name="New chat").click()
     page.get_by_role("button", name="Ask").click()
     expect(page.get_by_role("alert")).to_contain_text("from 1 to 32")
-    page.errors.assert_none(allowed_status=(403,))
+    page.errors.assert_none(allowed_status=(400, 403))
 
 
 def test_the_page_asks_for_the_api_key_and_keeps_it_in_the_page(key_server, page):
@@ -455,6 +460,7 @@ def test_frames_endpoint_applies_the_api_key_policy_and_caps(key_server, small_s
         reply = requests.post(url, json=bad, headers=auth, timeout=30)
         assert reply.status_code == status, reply.text
         assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+        assert reply.json()["error"]["param"] == ("video_url.url" if status == 403 else "num_frames")
     for bad in ({}, {"video_url": {"url": data_url(CLIP)}, "image_url": {"url": "x"}}, {"frames": 3}, [1]):
         assert requests.post(url, json=bad, headers=auth, timeout=30).status_code == 400
     over = requests.post(small_server.url + "/v1/frames", json=body, timeout=30)

@@ -13,6 +13,7 @@ the question that follows (and every later turn) finds the frames decoded alread
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ def parse_frames_request(body: object, limits: RequestLimits) -> FramesRequest:
     kind = kinds[0]
     num_frames = _frames(body, "num_frames", limits) if "num_frames" in body else None
     part = _parse_part("body", {"type": kind, kind: body[kind]}, limits, num_frames)
-    return FramesRequest(part)
+    return FramesRequest(dataclasses.replace(part, param=f"{kind}.url"))
 
 
 def sample_frames(req: FramesRequest, pipeline, policy) -> dict:
