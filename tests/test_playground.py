@@ -324,6 +324,23 @@ def test_refusals_are_readable_messages(server, page, tmp_path):
     page.errors.assert_none(allowed_status=(400, 403))
 
 
+def test_a_server_path_under_an_allowed_folder(page):
+    from playwright.sync_api import expect
+
+    served = Served("--allowed-local-media-path", str(DEMO))
+    try:
+        page.goto(served.url + "/")
+        page.get_by_text("Use a URL or a path on the server").click()
+        page.get_by_label("URL or server path").fill(str(CLIP))
+        page.get_by_label("URL or server path").press("Enter")
+        expect(page.locator("#contact-sheet li")).to_have_count(4)
+        ask(page, QUESTION)
+        expect(answers(page).first).to_have_text(ANSWER)
+        page.errors.assert_none()
+    finally:
+        served.stop()
+
+
 def test_the_page_asks_for_the_api_key_and_keeps_it_in_the_page(key_server, page):
     from playwright.sync_api import expect
 
