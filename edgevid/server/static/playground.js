@@ -1,6 +1,7 @@
 // The edgevid playground: pick a video, see the frames the model sees, ask, read the answer as it streams.
 // Plain JS talking to the public API (/v1/frames, /v1/chat/completions); model output is only ever
 // inserted as text. The API key lives in a variable of this page, nowhere else.
+// URLs are relative to the page, so it also works behind a reverse proxy that mounts the server under a path.
 "use strict";
 
 (() => {
@@ -110,7 +111,7 @@
 
   async function loadSettings() {
     try {
-      const response = await fetch("/ui/settings");
+      const response = await fetch("ui/settings");
       if (!response.ok) throw await errorFrom(response);
       const s = await response.json();
       state.settings = s;
@@ -216,7 +217,7 @@
     setStatus(`Sampling frames of ${m.name}…`);
     const body = {[`${m.kind}_url`]: {url: m.url}};
     if (m.kind === "video") body.num_frames = frameCount();
-    const response = await post("/v1/frames", body);
+    const response = await post("v1/frames", body);
     const result = await response.json();
     if (id !== state.mediaId) return;
     renderSheet(result);
@@ -430,7 +431,7 @@
     };
     meta.textContent = "waiting for the first token…";
     try {
-      const response = await post("/v1/chat/completions", body, controller.signal);
+      const response = await post("v1/chat/completions", body, controller.signal);
       result = await readStream(response, (piece) => {
         if (generation !== state.generation) return;
         if (first === null) first = performance.now();
