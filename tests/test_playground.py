@@ -81,7 +81,7 @@ def small_server():
 
 @pytest.fixture(scope="module")
 def key_server():
-    served = Served("--api-key", KEY)
+    served = Served("--api-key", KEY, "--max-tokens", "64", "--seed", "3")     # serve's generation defaults
     yield served
     served.stop()
 
@@ -347,6 +347,8 @@ def test_the_page_asks_for_the_api_key_and_keeps_it_in_the_page(key_server, page
     page.goto(key_server.url + "/")
     key = page.get_by_label("API key")
     expect(key).to_be_visible()
+    expect(page.get_by_label("Max tokens")).to_have_value("64")      # the options start at serve's defaults
+    expect(page.get_by_label("Seed")).to_have_value("3")
     page.locator("input[type=file]").set_input_files(str(CLIP))
     expect(page.get_by_role("alert")).to_contain_text("API key missing or wrong (401)")
     key.fill(KEY)
@@ -449,6 +451,7 @@ def test_page_and_settings_routes(key_server):
     settings = requests.get(key_server.url + "/ui/settings", timeout=30).json()
     assert settings["api_key_required"] is True and KEY not in str(settings)
     assert settings["default_frames"] == 4 and settings["max_frames"] == 32
+    assert settings["defaults"] == {"max_tokens": 64, "temperature": 0.0, "seed": 3}
 
 
 def data_url(path: Path, mime: str = "video/mp4") -> str:

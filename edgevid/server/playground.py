@@ -33,6 +33,7 @@ def index():
 def settings():
     state = current_app.extensions["edgevid"]
     policy = state.config.policy
+    defaults = state.limits.defaults          # serve's generation flags: what a request that omits them gets
     return jsonify({
         "model": state.limits.model_name,
         "api_key_required": state.config.api_key is not None,
@@ -40,7 +41,7 @@ def settings():
         "max_body_bytes": state.config.body_limit,
         "max_frames": state.limits.max_frames,
         "default_frames": state.limits.default_frames,
-        "default_max_tokens": state.limits.default_max_tokens,
+        "defaults": {"max_tokens": defaults.max_tokens, "temperature": defaults.temperature, "seed": defaults.seed},
         "local_media": bool(policy.allow_local),
         "remote_media": bool(policy.allow_remote),
     })

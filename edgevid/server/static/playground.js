@@ -119,7 +119,9 @@
       ui.keyBox.hidden = !s.api_key_required;
       ui.frames.max = String(s.max_frames);
       ui.frames.value = String(s.default_frames);
-      ui.maxTokens.value = String(s.default_max_tokens);
+      ui.maxTokens.value = String(s.defaults.max_tokens);
+      ui.temperature.value = String(s.defaults.temperature);
+      ui.seed.value = s.defaults.seed === null ? "" : String(s.defaults.seed);
       if (!s.local_media) {
         $("url-hint").textContent = "The server fetches URLs under its own rules; it reads no local paths " +
           "unless started with --allowed-local-media-path.";
