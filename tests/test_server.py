@@ -340,12 +340,11 @@ def test_streaming_matches_whole_response_and_reports_usage(server, media):
     assert all(c.usage is None for c in chunks[:-1])
 
 
-def test_raw_sse_ends_with_done_and_pings_while_waiting(server, media):
+def test_raw_sse_ends_with_done_and_pings_while_waiting(server, media, long_seed):
     """A stream queued behind another request gets ': ping' comments, then its answer, then [DONE]."""
     with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(server.client().chat.completions.create, model="default",
-                           messages=ask(video(str(media["clip"]))), max_tokens=48,
-                           extra_body={"num_frames": 8})
+        # a 1,200-token answer keeps the worker busy whatever the media cache already holds
+        busy = pool.submit(server.post, {**LONG_STORY, "max_tokens": 1200, "seed": long_seed})
         time.sleep(0.05)
         reply = server.post({"messages": ask(video(str(media["clip"]))), "stream": True, "max_tokens": 3,
                              "num_frames": FRAMES}, stream=True)

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 @generation_options
 @device_options
 @click.option("--model-name", default=None, help="Name served in /v1/models (default: the folder name).")
+@click.option("--no-ui", is_flag=True, help="Do not serve the browser playground at / (the API only).")
 def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_private_urls, max_media_bytes,
-          max_frames, queue_size, generation, device, precision, model_name):
+          max_frames, queue_size, generation, device, precision, model_name, no_ui):
     """Serve the OpenAI chat-completions API with video input.
 
     The generation flags are the defaults of requests that do not set those fields."""
@@ -50,7 +51,7 @@ def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_priva
                            allow_private_urls=allow_private_urls, max_bytes=max_media_bytes)
     pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy)
     config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
-                          queue_size=queue_size, defaults=generation)
+                          queue_size=queue_size, defaults=generation, ui=not no_ui)
     app = create_app(pipeline, config)
     try:
         server = HttpServer(app, host=host, port=port)
@@ -61,6 +62,8 @@ def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_priva
     click.echo(f"edgevid serving '{state.limits.model_name}' at {server.url}/v1 "
                f"(provider {state.provider}, {precision}; "
                f"{'API key required' if api_key else 'no API key'}; Ctrl-C stops)", err=False)
+    if not no_ui:
+        click.echo(f"playground: {server.url}/")
 
     def stop(signum):
         log.info("signal %s: shutting down", signum)

@@ -19,6 +19,7 @@ from edgevid.server.config import ServerConfig
 from edgevid.server.decode_media import decode_request_media
 from edgevid.server.errors import (AuthenticationError, InvalidValueError, ModelNotFoundError,
                                    error_payload, http_error_payload)
+from edgevid.server.frames import parse_frames_request, sample_frames
 from edgevid.server.request import ChatRequest, RequestLimits, parse_chat_request
 from edgevid.server.responses import DONE, PING, Completion, sse
 from edgevid.server.worker import Job, ModelWorker
@@ -51,7 +52,7 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
     worker = ModelWorker(pipeline, queue_size=config.queue_size, policy=config.policy).start()
     state = ServerState(config=config, limits=limits, worker=worker, provider=provider,
                         fingerprint=f"edgevid-{__version__}-{provider}", started=int(time.time()))
-    app = Flask("edgevid.server")
+    app = Flask("edgevid.server", static_folder=None)     # the playground serves its files only when on
     app.config["MAX_CONTENT_LENGTH"] = config.body_limit
     app.json.sort_keys = False
     app.extensions["edgevid"] = state
@@ -59,7 +60,11 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
     app.add_url_rule("/v1/chat/completions", view_func=chat_completions, methods=["POST"])
     app.add_url_rule("/v1/models", view_func=list_models, methods=["GET"])
     app.add_url_rule("/v1/models/<path:model_id>", view_func=get_model, methods=["GET"])
+    app.add_url_rule("/v1/frames", view_func=media_frames, methods=["POST"])
     app.add_url_rule("/health", view_func=health, methods=["GET"])
+    if config.ui:
+        from edgevid.server.playground import add_playground
+        add_playground(app)
     app.register_error_handler(EdgevidError, _edgevid_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -90,6 +95,17 @@ def chat_completions():
     events = _sse_events(job, first, completion, req, state.config.keepalive_seconds)
     return Response(events, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def media_frames():
+    """The sampled frames' thumbnails and times; decoding holds a request slot, as a chat request's does."""
+    state = _state()
+    req = parse_frames_request(_json_body(), state.limits)
+    ticket = state.worker.admit()
+    try:
+        return jsonify(sample_frames(req, state.worker.pipeline, state.config.policy))
+    finally:
+        ticket.release()
 
 
 def list_models():

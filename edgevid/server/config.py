@@ -29,6 +29,7 @@ class ServerConfig:
     keepalive_seconds: float = 5.0         # ": ping" interval while a stream waits for the model
     defaults: GenerationOptions = field(default_factory=GenerationOptions)   # for fields a request omits
     max_body_bytes: int | None = None      # None = room for two data URLs at the media cap, + 1 MiB
+    ui: bool = True                        # the browser playground at / (serve --no-ui turns it off)
 
     @property
     def body_limit(self) -> int:

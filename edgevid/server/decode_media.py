@@ -7,7 +7,9 @@ clip two requests send is decoded once: the second takes its frames from the med
 """
 from __future__ import annotations
 
+from edgevid.errors import EdgevidError
 from edgevid.media import SourcePolicy
+from edgevid.model.cache import CacheUse
 from edgevid.messages import image_part, text_part, video_part
 from edgevid.server.request import ChatRequest, MediaPart, TextPart
 
@@ -29,3 +31,15 @@ def _part(part: TextPart | MediaPart) -> dict:
         built["video_url"]["num_frames"] = part.num_frames
         return built
     return image_part(part.url)
+
+
+def resolve_part(part: MediaPart, policy: SourcePolicy, pipeline) -> tuple[dict, bool]:
+    """One media part through the pipeline's media path (``/v1/frames``): the resolved part and whether its
+    frames came from the media cache — the chat request that follows finds them there."""
+    use = CacheUse()
+    try:
+        resolved = pipeline.resolve_media([{"role": "user", "content": [_part(part)]}], None, policy, use)
+    except EdgevidError as err:
+        err.param = part.param            # the frames body has one part: name it as the client sent it
+        raise
+    return resolved[0]["content"][0], use.frames_cached > 0
