@@ -65,6 +65,16 @@ class MediaTooLargeError(MediaError):
     code = "media_too_large"
 
 
+class PixelLimitError(MediaError):
+    """A picture, GIF screen or video frame over the pixel cap (``max_pixels``), refused before decoding."""
+    code = "too_many_pixels"
+
+
+class DecodeTimeoutError(MediaError):
+    """Sampling the media took longer than the decode deadline (``decode_timeout``)."""
+    code = "decode_timeout"
+
+
 class MediaNotAllowedError(MediaError):
     """Refused by the source policy: local path outside the allowed folder, private address, domain..."""
     status = 403
@@ -103,6 +113,11 @@ class InvalidRequestError(EdgevidError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class LimitExceededError(InvalidRequestError):
+    """A request over an admission cap (media parts, frames, text bytes); ``param`` names the cap."""
+    code = "limit_exceeded"
 
 
 class ContextLengthError(InvalidRequestError):

@@ -9,6 +9,7 @@ from .policy import SourcePolicy
 from .sources import MediaSource, open_source
 from .sampled import SampledVideo, sample_indices
 from .video import sample_video
+from .working_size import WorkingSize
 
 __all__ = ["SourcePolicy", "open_source", "MediaSource", "sample_video", "sample_indices", "SampledVideo",
-           "load_image"]
+           "load_image", "WorkingSize"]

@@ -31,7 +31,9 @@ import cv2
 import numpy as np
 
 from . import mp4
+from .limits import check_pixels
 from .sources import MediaSource
+from .limits import DecodeLimits
 from .sampled import SampledVideo, sample_indices
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ class Segment:
     targets: list[int] = field(default_factory=list)   # display indices to keep from this segment
 
 
-def sample_indexed(media: MediaSource, num_frames: int, mode: str) -> SampledVideo | None:
+def sample_indexed(media: MediaSource, num_frames: int, mode: str,
+                   limits: DecodeLimits | None = None) -> SampledVideo | None:
+    limits = limits or DecodeLimits.default(media.source)
     index = usable_index(media)
     if index is None:
         return None
@@ -66,19 +70,19 @@ def sample_indexed(media: MediaSource, num_frames: int, mode: str) -> SampledVid
     if size > MAX_STREAM_BYTES:
         log.info("%s: keyframes too sparse (%d MiB to copy): reading through OpenCV", media.source, size >> 20)
         return None
-    frames = decode_segments(media, index, segments)
-    if frames is None:
+    decoded = decode_segments(media, index, segments, limits)
+    if decoded is None:
         return None
+    frames, (height, width) = decoded
     samples = index.display_order[targets]
     fps = total / index.duration if index.duration > 0 else 0.0
     return SampledVideo(frames=frames, timestamps=index.pts[samples].astype(np.float64),
                         indices=targets.astype(np.int64), fps=float(fps), duration=float(index.duration),
-                        frame_count=total, width=int(frames.shape[2]), height=int(frames.shape[1]),
-                        source=media.source)
+                        frame_count=total, width=int(width), height=int(height), source=media.source)
 
 
 def usable_index(media: MediaSource) -> mp4.VideoIndex | None:
-    index = mp4.load_index(media.path, media.mime)
+    index = mp4.load_index(media.path, media.mime, media.source)
     if index is None or parameter_sets(index) is None:
         log.info("%s: no H.264/HEVC MP4 index (%s): reading through OpenCV", media.source, media.mime)
         return None
@@ -120,7 +124,9 @@ def _keyframe_for(keys: np.ndarray, display_of: np.ndarray, sample: int, target:
     return int(keys[at]) if at >= 0 else 0
 
 
-def decode_segments(media: MediaSource, index: mp4.VideoIndex, segments: list[Segment]) -> np.ndarray | None:
+def decode_segments(media: MediaSource, index: mp4.VideoIndex, segments: list[Segment],
+                    limits: DecodeLimits) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(frames, source (height, width) after rotation), or None when the plan did not decode as planned."""
     picks, expected, offset = {}, 0, 0
     display_of = np.empty(index.frame_count, np.int64)
     display_of[index.display_order] = np.arange(index.frame_count)
@@ -132,7 +138,7 @@ def decode_segments(media: MediaSource, index: mp4.VideoIndex, segments: list[Se
     expected = offset
     path = _write_stream(media.path, index, segments)
     try:
-        frames = _read(path, expected, picks, index.rotation)
+        frames = _read(path, expected, picks, index.rotation, limits, media.source)
     finally:
         _remove(path)
     if frames is None:
@@ -154,24 +160,34 @@ def _write_stream(path: str, index: mp4.VideoIndex, segments: list[Segment]) -> 
     return out_path
 
 
-def _read(path: str, expected: int, picks: dict[int, int], rotation: int) -> np.ndarray | None:
+def _read(path: str, expected: int, picks: dict[int, int], rotation: int, limits: DecodeLimits,
+          source: str) -> tuple[np.ndarray, tuple[int, int]] | None:
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    frames, position = [], 0
+    frames, position, size = [], 0, (0, 0)
     try:
-        while cap.grab():
+        if cap.isOpened():
+            check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                         limits.max_pixels, source, "video frame")
+        while True:
+            limits.deadline.check()
+            if not cap.grab():
+                break
             if position in picks:
                 ok, bgr = cap.retrieve()
                 if not ok:
                     return None
                 if rotation in ROTATE:
                     bgr = cv2.rotate(bgr, ROTATE[rotation])
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                size = bgr.shape[:2]
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                del bgr
+                frames.append(limits.scale(rgb))
             position += 1
     finally:
         cap.release()
     if position != expected or len(frames) != len(picks):
         return None
-    return np.stack(frames)
+    return np.stack(frames), size
 
 
 def all_idr(path: str, index: mp4.VideoIndex, samples) -> bool:

@@ -2,16 +2,28 @@
 
 Pure Python + numpy, no FFmpeg: used to tell audio-only files apart from broken ones and, in fast mode,
 to find keyframes (``stss``), their byte ranges and presentation times without decoding anything.
+
+Counts are checked against the bytes that hold them before anything is allocated from them: a table's
+entry count against its box, sample counts against the file size and :data:`MAX_SAMPLES`, run lengths
+(``stts``/``ctts``/``stsc``) against the sample count. A count no real file can have raises
+:class:`InconsistentIndex` (the caller answers 400: FFmpeg's own MP4 reader would allocate from the
+same counts, so there is no safe fallback); an index that is merely unusable gives None.
 """
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 MAX_MOOV_BYTES = 256 * 2**20
+MAX_SAMPLES = 2_000_000        # 23 h at 24 fps; ~100 MB of index arrays here, ~50 MB in FFmpeg's index
+
+
+class InconsistentIndex(Exception):
+    """A sample table whose counts cannot be true for this file (an index bomb or a corrupt file)."""
 MIME_TYPES = ("video/mp4", "video/quicktime", "video/3gpp")    # sniffed types that carry this index
 
 
@@ -50,12 +62,16 @@ class VideoIndex:
         return np.sort(display_of[self.keyframes])
 
 
-def load_index(path: str, mime: str | None) -> VideoIndex | None:
-    """:func:`video_index` for sniffed MP4/MOV files; None for other types or an unreadable index."""
+def load_index(path: str, mime: str | None, source: str | None = None) -> VideoIndex | None:
+    """:func:`video_index` for sniffed MP4/MOV files; None for other types or an unreadable index.
+    Raises :class:`~edgevid.errors.UnreadableMediaError` when a count cannot be true (see module doc)."""
     if mime not in MIME_TYPES:
         return None
     try:
         return video_index(path)
+    except InconsistentIndex as exc:
+        from edgevid.errors import UnreadableMediaError
+        raise UnreadableMediaError(f"the MP4 index is inconsistent: {exc}", source=source or path) from None
     except (ValueError, IndexError, OSError, struct.error):
         return None
 
@@ -186,10 +202,44 @@ def video_index(path: str) -> VideoIndex | None:
     moov = read_moov(path)
     if moov is None:
         return None
-    video = next((t for t in tracks(moov) if t.handler == "vide" and t.stbl), None)
+    file_size = os.path.getsize(path)
+    found = tracks(moov)
+    for track in found:                  # every track: FFmpeg reads them all if it gets this file
+        if track.stbl:
+            check_tables(track.stbl, file_size)
+    video = next((t for t in found if t.handler == "vide" and t.stbl), None)
     if video is None or not video.timescale:
         return None
     return _index(video)
+
+
+def check_tables(stbl: dict, file_size: int) -> None:
+    """Raise :class:`InconsistentIndex` for counts the file cannot hold (nothing is allocated here)."""
+    n = 0
+    box = stbl.get("stsz", b"")
+    if len(box) >= 12:
+        sample_size, n = struct.unpack_from(">II", box, 4)
+        if n > MAX_SAMPLES:
+            raise InconsistentIndex(f"stsz claims {n} samples (edgevid reads at most {MAX_SAMPLES})")
+        if sample_size and n * sample_size > file_size:
+            raise InconsistentIndex(f"stsz claims {n} samples of {sample_size} bytes in a {file_size}-byte file")
+        if not sample_size and 12 + 4 * n > len(box):
+            raise InconsistentIndex(f"stsz claims {n} sample sizes but its box holds {(len(box) - 12) // 4}")
+    for name, width in (("stts", 8), ("ctts", 8), ("stsc", 12), ("stss", 4), ("stco", 4), ("co64", 8)):
+        box = stbl.get(name, b"")
+        if len(box) < 8:
+            continue
+        entries = struct.unpack_from(">I", box, 4)[0]
+        if 8 + entries * width > len(box):
+            raise InconsistentIndex(f"{name} claims {entries} entries but its box holds {(len(box) - 8) // width}")
+        if name in ("stts", "ctts"):
+            total = int(np.frombuffer(box, ">u4", 2 * entries, 8)[0::2].astype(np.int64).sum())
+            if total > max(n, 1) and total > MAX_SAMPLES:
+                raise InconsistentIndex(f"{name} runs cover {total} samples, the file has {n}")
+        if name == "stsc" and entries:
+            per_chunk = np.frombuffer(box, ">u4", 3 * entries, 8)[1::3]
+            if int(per_chunk.max()) > max(n, 1):
+                raise InconsistentIndex(f"stsc puts {int(per_chunk.max())} samples in one chunk, the file has {n}")
 
 
 def _index(track: Track) -> VideoIndex | None:
@@ -209,6 +259,9 @@ def _index(track: Track) -> VideoIndex | None:
     if "stss" in stbl:
         count = struct.unpack_from(">I", stbl["stss"], 4)[0]
         keyframes = np.frombuffer(stbl["stss"], ">u4", count, 8).astype(np.int64) - 1
+        keyframes = keyframes[(keyframes >= 0) & (keyframes < n)]
+        if not len(keyframes):
+            return None
     else:
         keyframes = np.arange(n, dtype=np.int64)       # every sample is a sync sample
     deltas = _runs(stbl.get("stts", b""), n)
@@ -232,11 +285,18 @@ def _runs(box: bytes, n: int, signed: bool = False) -> np.ndarray:
     if len(box) < 8:
         return np.zeros(n, np.int64)
     entries = struct.unpack_from(">I", box, 4)[0]
-    table = np.frombuffer(box, ">i4" if signed else ">u4", 2 * entries, 8).reshape(-1, 2).astype(np.int64)
-    values = np.repeat(table[:, 1], table[:, 0])
+    counts = _clip_runs(np.frombuffer(box, ">u4", 2 * entries, 8)[0::2].astype(np.int64), n)
+    deltas = np.frombuffer(box, ">i4" if signed else ">u4", 2 * entries, 8)[1::2].astype(np.int64)
+    values = np.repeat(deltas, counts)
     if len(values) < n:
         values = np.concatenate([values, np.full(n - len(values), values[-1] if len(values) else 0)])
     return values[:n]
+
+
+def _clip_runs(counts: np.ndarray, n: int) -> np.ndarray:
+    """Run lengths cut so that they cover at most ``n`` items (never expand past what is needed)."""
+    ends = np.minimum(np.cumsum(counts), n)
+    return np.diff(np.concatenate([[0], ends]))
 
 
 def _offsets(stbl: dict, sizes: np.ndarray) -> np.ndarray | None:
@@ -255,7 +315,7 @@ def _offsets(stbl: dict, sizes: np.ndarray) -> np.ndarray | None:
     for k, (first, samples, _) in enumerate(table):
         last = table[k + 1][0] - 1 if k + 1 < len(table) else count
         per_chunk[first - 1: last] = samples
-    chunk_of = np.repeat(np.arange(count), per_chunk)[: len(sizes)]
+    chunk_of = np.repeat(np.arange(count), _clip_runs(per_chunk, len(sizes)))
     if len(chunk_of) < len(sizes):
         return None
     starts = np.concatenate([[0], np.cumsum(per_chunk)[:-1]])

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+DEFAULT_MAX_PIXELS = 40_000_000        # a picture / GIF screen / video frame: 8K UHD (33.2 MP) fits
+DEFAULT_DECODE_TIMEOUT = 60.0          # seconds to sample one request's media (server default)
+
 
 @dataclass(frozen=True)
 class SourcePolicy:
-    """Caps and allow-lists applied by :func:`edgevid.media.open_source`.
+    """Caps and allow-lists applied by :func:`edgevid.media.open_source` and the decoders.
 
     The defaults suit a server: 64 MiB per item, private/loopback/link-local addresses refused (checked
-    after DNS resolution and on every redirect), 30 s fetch timeout, 3 redirects.
+    after DNS resolution and on every redirect), 30 s for a whole fetch (connect, headers and body),
+    3 redirects, at most ``max_pixels`` per picture, GIF screen or video frame, and ``decode_timeout``
+    seconds to decode (None = no deadline).
     """
 
     max_bytes: int = 64 * 2**20
@@ -20,11 +25,14 @@ class SourcePolicy:
     allowed_domains: tuple[str, ...] | None = None
     timeout: float = 30.0
     max_redirects: int = 3
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
 
     @classmethod
     def permissive(cls) -> "SourcePolicy":
-        """For the CLI and the Python API: local files anywhere and of any size, private URLs allowed."""
-        return cls(max_bytes=2**40, allow_private_urls=True)
+        """For the CLI and the Python API: local files anywhere and of any size, private URLs allowed,
+        no decode deadline; the pixel cap stays (a typed error instead of an out-of-memory)."""
+        return cls(max_bytes=2**40, allow_private_urls=True, decode_timeout=None)
 
     def with_(self, **changes) -> "SourcePolicy":
         return replace(self, **changes)

@@ -14,13 +14,13 @@ DEFAULT_FPS = 24.0      # transformers' assumption when a clip states no rate
 
 @dataclass(frozen=True)
 class SampledVideo:
-    frames: np.ndarray        # uint8 RGB [N, H, W, 3]
+    frames: np.ndarray        # uint8 RGB [N, h, w, 3]: the source size, or the working size when scaled
     timestamps: np.ndarray    # float64 seconds [N]
     indices: np.ndarray       # int64 [N]
     fps: float
     duration: float
     frame_count: int
-    width: int
+    width: int                # the source frame size (after rotation), whatever ``frames`` holds
     height: int
     source: str
 

@@ -17,7 +17,11 @@ Two readers, both OpenCV (bundled FFmpeg) underneath:
   count was wrong; the true count is then measured (grabbing from the last frame known to exist) and the
   right indices are sampled. Nothing falls back to "the first n frames".
 
-Memory holds only the sampled frames.
+Memory holds only the sampled frames, each scaled right after decode to the vision preprocessing's
+target size when a :class:`~edgevid.media.working_size.WorkingSize` is given (bit-exact: it is the
+preprocessing's own resize, done early), so a run's peak is O(frames x working size) whatever the source
+resolution. Frames over ``policy.max_pixels`` are refused from the stream header before decoding, and
+``policy.decode_timeout`` bounds the whole sampling run.
 """
 from __future__ import annotations
 
@@ -36,9 +40,11 @@ from . import mp4
 from .gif import sample_gif
 from .images import image_as_video
 from .indexed import sample_indexed
+from .limits import DecodeLimits, Deadline, check_pixels
 from .policy import SourcePolicy
 from .sampled import DEFAULT_FPS, SampledVideo, sample_indices  # noqa: F401  (sample_indices: the old import path)
 from .sources import MediaSource, open_source
+from .working_size import WorkingSize
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +55,34 @@ SEEK_OVERHEAD_FRAMES = 8        # a seek's fixed cost (flush, demuxer seek), in 
 
 
 def sample_video(source, num_frames: int = 32, mode: str = "accurate",
-                 policy: SourcePolicy | None = None) -> SampledVideo:
+                 policy: SourcePolicy | None = None, working_size: WorkingSize | None = None) -> SampledVideo:
     """Decode ``num_frames`` frames from a path, URL, data URL, bytes or :class:`MediaSource`.
 
     ``mode="accurate"`` returns the exact frames ``floor(i * total / n)``; ``mode="fast"`` returns, for
     long H.264/HEVC MP4/MOV clips, the keyframe at or before each target (duplicates merged, so possibly
     fewer than ``n``) and is accurate for other inputs. ``policy`` None means
-    :meth:`SourcePolicy.permissive`.
+    :meth:`SourcePolicy.permissive`. ``working_size`` scales each frame at decode to the vision
+    preprocessing's target size (exactly as the preprocessing would; None keeps the source size).
     """
     if not isinstance(num_frames, int) or num_frames < 1:
         raise InvalidRequestError(f"num_frames must be a positive integer, not {num_frames!r}", param="num_frames")
     if mode not in MODES:
         raise InvalidRequestError(f"mode must be one of {list(MODES)}, not {mode!r}", param="mode")
+    policy = policy or SourcePolicy.permissive()
     owned = not isinstance(source, MediaSource)
     media = open_source(source, policy)
     try:
+        limits = DecodeLimits(policy.max_pixels, Deadline(policy.decode_timeout, media.source), working_size)
         if media.kind == "gif":
-            return sample_gif(media, num_frames)
+            return sample_gif(media, num_frames, limits)
         if media.kind == "image":
-            return image_as_video(media)
-        sampled = sample_indexed(media, num_frames, mode)
+            return image_as_video(media, limits)
+        sampled = sample_indexed(media, num_frames, mode, limits)
         if sampled is not None:
             return sampled
-        return _sample_opencv(media, num_frames)
+        return _sample_opencv(media, num_frames, limits)
+    except MemoryError as exc:      # a backstop: the caps above are meant to make this unreachable
+        raise UnreadableMediaError("decoding the media ran out of memory", source=media.source) from exc
     finally:
         if owned:
             media.close()
@@ -82,10 +93,12 @@ class _Reader:
     """A cv2.VideoCapture that knows the index of its current frame exactly (``current``; ``pos`` is the
     index the next grab returns)."""
 
-    def __init__(self, path: str, source: str, keyframes: np.ndarray | None = None):
-        self.path, self.source = path, source
+    def __init__(self, path: str, source: str, limits: DecodeLimits, keyframes: np.ndarray | None = None):
+        self.path, self.source, self.limits = path, source, limits
         self.keyframes = keyframes         # sorted display indices of keyframes, when an index says so
-        self.cap = _open_capture(path, source)
+        self.cap = _open_capture(path, source, limits.max_pixels)
+        self.width = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps_known = math.isfinite(fps) and 0 < fps < 1000
         self.fps = fps if self.fps_known else DEFAULT_FPS
@@ -105,7 +118,7 @@ class _Reader:
 
     def reopen(self) -> None:
         self.cap.release()
-        self.cap = _open_capture(self.path, self.source)
+        self.cap = _open_capture(self.path, self.source, self.limits.max_pixels)
         self.pos, self.current, self.current_ms = 0, None, None
 
     @property
@@ -113,6 +126,7 @@ class _Reader:
         return 1000.0 / self.fps
 
     def grab(self) -> bool:
+        self.limits.deadline.check()
         start = time.perf_counter()
         if not self.cap.grab():
             return False
@@ -148,6 +162,7 @@ class _Reader:
     def seek(self, index: int) -> bool | None:
         """Make ``index`` the current frame by seeking. True = landed (time verified), False = past the
         end, None = the landing time proves the clip variable-rate (position unknown: reopen)."""
+        self.limits.deadline.check()
         start = time.perf_counter()
         self.cap.set(cv2.CAP_PROP_POS_FRAMES, index)
         ok = self.cap.grab()
@@ -187,7 +202,10 @@ class _Reader:
         if not ok or bgr is None:
             raise UnreadableMediaError(f"could not decode frame {self.current}", source=self.source)
         frame_units = self.cap.get(cv2.CAP_PROP_PTS)      # pts in 1/fps units, not start-relative
-        return (cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (self.current_ms - (self.first_ms or 0.0)) / 1000.0,
+        self.height, self.width = bgr.shape[:2]
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        del bgr
+        return (self.limits.scale(rgb), (self.current_ms - (self.first_ms or 0.0)) / 1000.0,
                 frame_units / self.fps)
 
     def fetch(self, target: int) -> None:
@@ -215,18 +233,25 @@ class _Short(Exception):
         self.count = count
 
 
-def _open_capture(path: str, source: str) -> cv2.VideoCapture:
+def _open_capture(path: str, source: str, max_pixels: int) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
         from .probe import describe_unopenable
         raise describe_unopenable(path, source)
+    try:
+        check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), max_pixels,
+                     source, "video frame")
+    except BaseException:
+        cap.release()
+        raise
     return cap
 
 
 # ---- sampling ---------------------------------------------------------------------------------------------
-def _sample_opencv(media: MediaSource, num_frames: int) -> SampledVideo:
-    reader = _Reader(media.path, media.source, _index_keyframes(media))
+def _sample_opencv(media: MediaSource, num_frames: int, limits: DecodeLimits | None = None) -> SampledVideo:
+    limits = limits or DecodeLimits.default(media.source)
+    reader = _Reader(media.path, media.source, limits, _index_keyframes(media))
     try:
         total = reader.header_count or _count_frames(reader)
         cache: dict[int, tuple[np.ndarray, float, float]] = {}
@@ -258,7 +283,7 @@ def _sample_opencv(media: MediaSource, num_frames: int) -> SampledVideo:
 
 def _index_keyframes(media: MediaSource) -> np.ndarray | None:
     """Keyframe positions (display order) from an MP4/MOV index, to plan seeks; None when unknown."""
-    index = mp4.load_index(media.path, media.mime)
+    index = mp4.load_index(media.path, media.mime, media.source)
     return None if index is None else index.keyframe_positions()
 
 
@@ -300,5 +325,5 @@ def _result(source: str, reader: _Reader, items: list, targets: list[int], total
     duration = max(total / fps, float(timestamps[-1]) + 1.0 / fps)
     return SampledVideo(frames=frames, timestamps=timestamps, indices=np.array(targets, dtype=np.int64),
                         fps=float(fps), duration=float(duration), frame_count=int(total),
-                        width=int(frames.shape[2]), height=int(frames.shape[1]), source=source)
+                        width=int(reader.width), height=int(reader.height), source=source)
 

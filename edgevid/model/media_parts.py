@@ -116,13 +116,14 @@ def prepare_media(kind: str, source: Any, folder: ModelFolder, *, num_frames: in
 
 
 def _decode(kind, media, folder, num_frames, policy, mode) -> PreparedMedia:
-    from edgevid.media import load_image, sample_video
+    from edgevid.media import WorkingSize, load_image, sample_video
     from edgevid.model.preprocess import preprocess_image, preprocess_video
 
     v = folder.vision
-    if kind == "video":
-        video = sample_video(media, num_frames, mode, policy)
-        return PreparedMedia(video, preprocess_video(video.frames, v.video_max_soft_tokens, v.patch_size, v.pooling))
+    if kind == "video":      # frames scaled at decode to exactly what preprocess_video makes of them
+        video = sample_video(media, num_frames, mode, policy, WorkingSize.for_video(v))
+        return PreparedMedia(video, preprocess_video(video.frames, v.video_max_soft_tokens, v.patch_size, v.pooling,
+                                                     source_size=(video.height, video.width)))
     image = load_image(media, policy)
     return PreparedMedia(image, preprocess_image(image, v.image_max_soft_tokens, v.patch_size, v.pooling))
 

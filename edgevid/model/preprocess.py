@@ -16,6 +16,7 @@ Sizes: the largest aspect-preserving height and width that are multiples of ``pa
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgevid.errors import InvalidRequestError, MediaError
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
 BACKENDS = ("torchvision", "pil")
@@ -221,10 +224,19 @@ def _check(frames: np.ndarray, what: str, max_soft_tokens: int) -> np.ndarray:
 
 
 def preprocess_video(frames: np.ndarray, max_soft_tokens: int = 70, patch_size: int = 16,
-                     pooling: int = 3) -> VisionInput:
-    """uint8 RGB frames ``[N, H, W, 3]`` (one video) -> :class:`VisionInput` like Gemma4VideoProcessor."""
+                     pooling: int = 3, source_size: tuple[int, int] | None = None) -> VisionInput:
+    """uint8 RGB frames ``[N, H, W, 3]`` (one video) -> :class:`VisionInput` like Gemma4VideoProcessor.
+
+    ``source_size`` (height, width) is the decoded size when ``frames`` were already scaled at decode
+    (:class:`edgevid.media.WorkingSize`, the same resize): the target is computed from it, so frames
+    found at their target size are not resized again and the result is bit-identical.
+    """
     frames = _check(frames, "video frames", max_soft_tokens)
-    h, w = target_size(frames.shape[1], frames.shape[2], max_soft_tokens, patch_size, pooling)
+    height, width = source_size or frames.shape[1:3]
+    h, w = target_size(height, width, max_soft_tokens, patch_size, pooling)
+    if frames.shape[1:3] not in ((height, width), (h, w)):
+        log.warning("video frames of %dx%d were scaled for another budget than %d soft tokens: resizing again "
+                    "(not bit-exact)", frames.shape[2], frames.shape[1], max_soft_tokens)
     return _vision_input(resize_bicubic_aa(frames, h, w), "divide", patch_size, pooling, max_soft_tokens)
 
 

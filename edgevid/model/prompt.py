@@ -221,8 +221,15 @@ def _video_media(value: Any, part: Mapping, folder: ModelFolder) -> PromptMedia:
         raise InvalidRequestError(f"a video has {len(frames)} frames but {len(timestamps)} timestamps",
                                   param="messages")
     vision = part.get("vision") or preprocess_video(
-        frames, folder.vision.video_max_soft_tokens, folder.vision.patch_size, folder.vision.pooling)
+        frames, folder.vision.video_max_soft_tokens, folder.vision.patch_size, folder.vision.pooling,
+        source_size=source_size(value))
     return PromptMedia("video", vision, timestamps, getattr(value, "source", None))
+
+
+def source_size(video: Any) -> tuple[int, int] | None:
+    """(height, width) a SampledVideo was decoded at (its frames may be scaled to the working size)."""
+    height, width = getattr(video, "height", None), getattr(video, "width", None)
+    return (int(height), int(width)) if isinstance(height, int) and isinstance(width, int) else None
 
 
 def _image_media(value: Any, part: Mapping, folder: ModelFolder) -> PromptMedia:
