@@ -86,6 +86,11 @@ class MediaNotFoundError(MediaError):
     code = "media_not_found"
 
 
+class InvalidURLError(MediaError):
+    """A media URL or path that cannot be parsed or used: bad port, bad host name, NUL byte, invalid text."""
+    code = "invalid_url"
+
+
 class FetchError(MediaError):
     """A remote fetch failed (HTTP error status, connection refused, too many redirects)."""
     code = "fetch_failed"

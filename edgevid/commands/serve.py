@@ -7,7 +7,10 @@ import click
 
 from edgevid.commands.options import device_options, generation_options, model_options
 from edgevid.commands.signals import on_stop_signals
-from edgevid.server.config import DEFAULT_MAX_MEDIA_BYTES
+from edgevid.media.policy import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
+from edgevid.server.config import DEFAULT_MAX_MEDIA_BYTES, ServerConfig
+
+_DEFAULTS = ServerConfig()
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,19 @@ log = logging.getLogger(__name__)
               type=click.IntRange(min=1), help="Cap on each download, data URL or local file.")
 @click.option("--max-frames", default=32, show_default=True, type=click.IntRange(1, 1024),
               help="Most frames per video a request may ask for (num_frames).")
+@click.option("--max-media-parts", default=_DEFAULTS.max_media_parts, show_default=True, type=click.IntRange(min=0),
+              help="Most images + videos in one request.")
+@click.option("--max-total-frames", default=_DEFAULTS.max_total_frames, show_default=True,
+              type=click.IntRange(min=1), help="Most video frames (+1 per image) in one request.")
+@click.option("--max-text-bytes", default=_DEFAULTS.max_text_bytes, show_default=True, type=click.IntRange(min=1),
+              help="Most UTF-8 bytes of text in one request (tokenized in the request thread).")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Largest picture, GIF screen or video frame (width x height) decoded.")
+@click.option("--decode-timeout", default=DEFAULT_DECODE_TIMEOUT, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Seconds to decode one request's media.")
+@click.option("--header-timeout", default=_DEFAULTS.header_timeout, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a client has to send a request's headers (slow clients are disconnected).")
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(min=0),
               help="Requests that may wait behind the running one; more are answered 503.")
 @generation_options
@@ -37,21 +53,28 @@ log = logging.getLogger(__name__)
 @click.option("--model-name", default=None, help="Name served in /v1/models (default: the folder name).")
 @click.option("--no-ui", is_flag=True, help="Do not serve the browser playground at / (the API only).")
 def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_private_urls, max_media_bytes,
-          max_frames, queue_size, generation, device, precision, model_name, no_ui):
+          max_frames, max_media_parts, max_total_frames, max_text_bytes, max_pixels, decode_timeout,
+          header_timeout, queue_size, generation, device, precision, model_name, no_ui):
     """Serve the OpenAI chat-completions API with video input.
 
     The generation flags are the defaults of requests that do not set those fields."""
     from edgevid.pipeline import Pipeline
     from edgevid.server.app import create_app
-    from edgevid.server.config import ServerConfig, server_policy
+    from edgevid.server.config import server_policy
     from edgevid.server.http_server import HttpServer
 
     domains = tuple(d.strip() for item in domains for d in item.split(",") if d.strip())
+    from edgevid.media.images import set_pillow_limit
+
+    set_pillow_limit(max_pixels)
     policy = server_policy(local_dirs=tuple(local_dirs), domains=domains or None,
-                           allow_private_urls=allow_private_urls, max_bytes=max_media_bytes)
+                           allow_private_urls=allow_private_urls, max_bytes=max_media_bytes,
+                           max_pixels=max_pixels, decode_timeout=decode_timeout)
     pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy)
     config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
-                          queue_size=queue_size, defaults=generation, ui=not no_ui)
+                          queue_size=queue_size, defaults=generation, ui=not no_ui, max_media_parts=max_media_parts,
+                          max_total_frames=max_total_frames, max_text_bytes=max_text_bytes,
+                          header_timeout=header_timeout)
     app = create_app(pipeline, config)
     try:
         server = HttpServer(app, host=host, port=port)

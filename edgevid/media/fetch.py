@@ -6,7 +6,11 @@
   verifies the certificate against the host name.
 * Redirects are followed by hand, at most ``max_redirects``, each hop checked again.
 * The byte cap is enforced while streaming (``Content-Length`` is only a hint), and the whole fetch has
-  one deadline of ``timeout`` seconds.
+  one deadline of ``timeout`` seconds, connect, status line and headers included: a watchdog shuts the
+  connection's socket when it passes (a per-read socket timeout alone lets a server that dribbles one
+  header byte at a time hold the request forever). DNS resolution is the one step it cannot interrupt.
+* A URL that cannot be parsed (bad port, bad IPv6 literal, a host name IDNA refuses) is a 400, on the
+  first hop and on redirects.
 * Environment proxies are not used: the guard must see the real peer.
 """
 from __future__ import annotations
@@ -16,12 +20,13 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
-from edgevid.errors import FetchError, FetchTimeoutError, MediaNotAllowedError, MediaTooLargeError
+from edgevid.errors import FetchError, FetchTimeoutError, InvalidURLError, MediaNotAllowedError, MediaTooLargeError
 
 from .policy import SourcePolicy
 
@@ -43,9 +48,57 @@ def fetch(url: str, out: BinaryIO, policy: SourcePolicy) -> FetchResult:
     """Stream ``url`` into ``out``; raises FetchError / FetchTimeoutError / MediaTooLargeError /
     MediaNotAllowedError naming the URL."""
     deadline = time.monotonic() + policy.timeout
+    watchdog = _Watchdog(deadline)
+    try:
+        return _fetch(url, out, policy, deadline, watchdog)
+    except FetchError as exc:
+        if watchdog.fired and not isinstance(exc, FetchTimeoutError):
+            raise FetchTimeoutError(f"timed out after {policy.timeout:g} s fetching {url}", source=url) from exc
+        raise
+    finally:
+        watchdog.cancel()
+
+
+class _Watchdog:
+    """Shuts the current connection's socket at the deadline, whatever it is blocked in."""
+
+    def __init__(self, deadline: float):
+        self.fired = False
+        self._conn = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, conn) -> None:
+        with self._lock:
+            self._conn = conn
+            if self.fired:
+                _shut(conn)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._conn is not None:
+                _shut(self._conn)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(conn) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _fetch(url: str, out: BinaryIO, policy: SourcePolicy, deadline: float, watchdog: _Watchdog) -> FetchResult:
     current = url
     for _ in range(policy.max_redirects + 1):
-        conn, response = _request(current, policy, deadline, original=url)
+        conn, response = _request(current, policy, deadline, original=url, watchdog=watchdog)
         try:
             if response.status in REDIRECTS:
                 location = response.getheader("Location")
@@ -63,23 +116,28 @@ def fetch(url: str, out: BinaryIO, policy: SourcePolicy) -> FetchResult:
     raise FetchError(f"too many redirects (more than {policy.max_redirects})", source=url)
 
 
-def _request(url: str, policy: SourcePolicy, deadline: float, original: str):
-    parts = urlsplit(url)
+def _request(url: str, policy: SourcePolicy, deadline: float, original: str, watchdog: _Watchdog | None = None):
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:      # "Invalid IPv6 URL", port out of range or not a number
+        raise InvalidURLError(f"malformed URL {url!r}: {exc}", source=original) from None
     if parts.scheme not in ("http", "https"):
         raise MediaNotAllowedError(f"redirect to a non-http(s) URL refused: {url}", source=original)
-    host = parts.hostname
     if not host:
         raise FetchError(f"URL has no host: {url}", source=original)
     if not policy.domain_allowed(host):
         raise MediaNotAllowedError(f"host {host!r} is not in the allowed domains {list(policy.allowed_domains)}",
                                    source=original)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = resolve(host, port, policy, original)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     conn_cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
     conn = conn_cls(host, port, addresses, timeout=_remaining(deadline, original))
+    if watchdog is not None:
+        watchdog.watch(conn)
     try:
         conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "*/*",
                                            "Accept-Encoding": "identity"})
@@ -90,6 +148,9 @@ def _request(url: str, policy: SourcePolicy, deadline: float, original: str):
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
         raise FetchError(f"could not fetch {url}: {exc}", source=original) from exc
+    except ValueError as exc:        # control characters or non-ASCII text in the path
+        conn.close()
+        raise InvalidURLError(f"malformed URL {url!r}: {exc}", source=original) from None
 
 
 def resolve(host: str, port: int, policy: SourcePolicy, source: str) -> list[str]:
@@ -98,6 +159,8 @@ def resolve(host: str, port: int, policy: SourcePolicy, source: str) -> list[str
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise FetchError(f"cannot resolve host {host!r}: {exc}", source=source) from exc
+    except (UnicodeError, ValueError) as exc:   # IDNA: empty label (a..b), label over 63 characters, NUL
+        raise InvalidURLError(f"invalid host name {host!r}: {exc}", source=source) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not policy.allow_private_urls:
         for address in addresses:

@@ -19,7 +19,7 @@ import weakref
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from edgevid.errors import (MediaNotAllowedError, MediaNotFoundError, MediaTooLargeError,
+from edgevid.errors import (InvalidURLError, MediaNotAllowedError, MediaNotFoundError, MediaTooLargeError,
                             UnreadableMediaError, UnsupportedMediaError)
 
 from .fetch import fetch
@@ -107,6 +107,7 @@ def _file_url_path(url: str) -> str:
 def _from_path(path: str, policy: SourcePolicy, source: str) -> MediaSource:
     if not policy.allow_local:
         raise MediaNotAllowedError("local files are not allowed by the source policy", source=source)
+    _check_path_text(path, source)
     real = os.path.realpath(path)
     if policy.allowed_local_dirs is not None and not any(_inside(real, d) for d in policy.allowed_local_dirs):
         raise MediaNotAllowedError(
@@ -124,6 +125,17 @@ def _from_path(path: str, policy: SourcePolicy, source: str) -> MediaSource:
     except OSError as exc:
         raise UnreadableMediaError(f"cannot read file: {exc.strerror or exc}", source=source) from exc
     return MediaSource(real, sniff(head, source), source)
+
+
+def _check_path_text(path: str, source: str) -> None:
+    """A NUL byte or text the file system cannot encode (a lone surrogate) is a bad request, not a crash."""
+    if "\0" in path:
+        raise InvalidURLError("a media path must not contain a NUL byte", source=repr(source))
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        raise InvalidURLError("a media path holds characters the file system cannot encode",
+                              source=source.encode("utf-8", "backslashreplace").decode()) from None
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -147,13 +159,20 @@ def _from_data_url(url: str, policy: SourcePolicy) -> MediaSource:
         raise UnsupportedMediaError(f"unsupported data: URL type {mime or '(none)'!r}; accepted: "
                                     + ", ".join(DATA_URL_TYPES), source=url)
     if len(payload) // 4 * 3 > policy.max_bytes + 3:      # checked before decoding anything
-        raise MediaTooLargeError(f"data: URL holds about {len(payload) // 4 * 3} bytes, over the "
-                                 f"{policy.max_bytes}-byte limit", source=url)
+        data_chars = len(payload) - _ignored_chars(payload)
+        if data_chars // 4 * 3 > policy.max_bytes + 3:
+            raise MediaTooLargeError(f"data: URL holds about {data_chars // 4 * 3} bytes, over the "
+                                     f"{policy.max_bytes}-byte limit", source=url)
     data = _b64decode(payload.encode("ascii", "replace"), url)
     if len(data) > policy.max_bytes:
         raise MediaTooLargeError(f"data: URL holds {len(data)} bytes, over the {policy.max_bytes}-byte limit",
                                  source=url)
     return _from_bytes(data, policy, f"{header},... ({len(url)} chars)")
+
+
+def _ignored_chars(payload: str) -> int:
+    """Whitespace and padding in a base64 payload: not data, so not counted against the byte cap."""
+    return re.subn(r"[\s=]", "", payload)[1]
 
 
 def _b64decode(payload: bytes, source: str) -> bytes:

@@ -7,20 +7,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from edgevid import __version__
-from edgevid.errors import EdgevidError
+from edgevid.errors import ContextLengthError, EdgevidError
 from edgevid.server.config import ServerConfig
 from edgevid.server.decode_media import decode_request_media
 from edgevid.server.errors import (AuthenticationError, InvalidValueError, ModelNotFoundError,
                                    error_payload, http_error_payload)
 from edgevid.server.frames import parse_frames_request, sample_frames
-from edgevid.server.request import ChatRequest, RequestLimits, parse_chat_request
+from edgevid.server.request import (ChatRequest, RequestLimits, TextPart, check_body_size, check_json,
+                                    parse_chat_request)
 from edgevid.server.responses import DONE, PING, Completion, sse
 from edgevid.server.worker import Job, ModelWorker
 
@@ -37,6 +39,7 @@ class ServerState:
     provider: str
     fingerprint: str
     started: int
+    decode_gate: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(2))
 
 
 def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
@@ -48,10 +51,13 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
     limits = RequestLimits(model_name=name, max_frames=config.max_frames,
                            default_frames=min(pipeline.default_num_frames, config.max_frames),
                            max_media_bytes=config.policy.max_bytes,
-                           defaults=config.defaults)
+                           defaults=config.defaults,
+                           max_media_parts=config.max_media_parts, max_total_frames=config.max_total_frames,
+                           max_text_bytes=config.max_text_bytes)
     worker = ModelWorker(pipeline, queue_size=config.queue_size, policy=config.policy).start()
     state = ServerState(config=config, limits=limits, worker=worker, provider=provider,
-                        fingerprint=f"edgevid-{__version__}-{provider}", started=int(time.time()))
+                        fingerprint=f"edgevid-{__version__}-{provider}", started=int(time.time()),
+                        decode_gate=threading.BoundedSemaphore(config.concurrent_decodes))
     app = Flask("edgevid.server", static_folder=None)     # the playground serves its files only when on
     app.config["MAX_CONTENT_LENGTH"] = config.body_limit
     app.json.sort_keys = False
@@ -79,9 +85,10 @@ def _state() -> ServerState:
 def chat_completions():
     state = _state()
     req = parse_chat_request(_json_body(), state.limits)
+    _check_text_tokens(req, state.worker.pipeline)
     ticket = state.worker.admit()
     try:
-        messages = decode_request_media(req, state.worker.pipeline, state.config.policy)
+        messages = decode_request_media(req, state.worker.pipeline, state.config.policy, gate=state.decode_gate)
         job = state.worker.submit(ticket, messages, req.options, stream=req.stream)
     except BaseException:
         ticket.release()
@@ -136,10 +143,33 @@ def _model_card(state: ServerState) -> dict:
 # ---- chat helpers --------------------------------------------------------------------------------------
 def _json_body() -> object:
     raw = request.get_data(cache=False)          # 413 above MAX_CONTENT_LENGTH, before parsing
+    check_body_size(raw)
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidValueError(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidValueError("the request body is nested too deeply") from None
+    del raw
+    check_json(body)
+    return body
+
+
+def _check_text_tokens(req: ChatRequest, pipeline) -> None:
+    """Tokenize the request's text here, in its own thread (the byte cap already bounds the work), so a
+    prompt longer than the context is refused without ever reaching the model worker."""
+    tokenizer = getattr(pipeline, "tokenizer", None)
+    context = getattr(pipeline, "context_length", None)
+    if tokenizer is None or not isinstance(context, int):
+        return
+    tokens = 0
+    for message in req.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart) and part.text:
+                tokens += len(tokenizer.encode(part.text, add_special_tokens=False))
+                if tokens > context:
+                    raise ContextLengthError(f"the request's text alone is more than {tokens} tokens, over the "
+                                             f"model's context of {context} tokens", param="messages")
 
 
 def _whole_response(job: Job, completion: Completion):
@@ -219,7 +249,7 @@ def _http_error(exc: HTTPException):
         message = f"Method {request.method} is not allowed on {request.path}"
     elif status == 413:
         limit = current_app.config["MAX_CONTENT_LENGTH"]
-        message = f"the request body is larger than this server's limit of {limit} bytes"
+        message = f"the request body is larger than this server's limit of {limit} bytes (--max-body-bytes)"
     else:
         message = exc.description or exc.name
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(

@@ -19,8 +19,10 @@ def request_messages(request: ChatRequest) -> list[dict]:
     return [{"role": m.role, "content": [_part(p) for p in m.parts]} for m in request.messages]
 
 
-def decode_request_media(request: ChatRequest, pipeline, policy: SourcePolicy) -> list[dict]:
-    return pipeline.resolve_media(request_messages(request), request.options, policy)
+def decode_request_media(request: ChatRequest, pipeline, policy: SourcePolicy, gate=None) -> list[dict]:
+    """``gate`` (a semaphore) bounds how many requests decode at once; it is held while decoding only, so
+    a slow upstream holds just its own request."""
+    return pipeline.resolve_media(request_messages(request), request.options, policy, gate=gate)
 
 
 def _part(part: TextPart | MediaPart) -> dict:

@@ -9,9 +9,10 @@ from its length, before anything is decoded.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
-from edgevid.errors import MediaTooLargeError
+from edgevid.errors import LimitExceededError, MediaTooLargeError
 from edgevid.model.generate import GenerationOptions
 from edgevid.server.errors import InvalidValueError, ModelNotFoundError, UnsupportedParameterError
 
@@ -30,6 +31,10 @@ HANDLED = {
     "logit_bias", "presence_penalty", "frequency_penalty", "store",
 }
 MAX_STOP_SEQUENCES = 4          # as GenerationOptions (and OpenAI) allow
+MAX_JSON_DEPTH = 32             # a chat body needs 6 levels
+MAX_JSON_VALUES = 2_000_000     # ',' '[' '{' in a body: bounds the Python objects json.loads builds
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BASE64_IGNORED = re.compile(r"[\s=]")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,42 @@ class RequestLimits:
     default_frames: int          # frames per video when the request names none (<= max_frames)
     max_media_bytes: int
     defaults: GenerationOptions = field(default_factory=GenerationOptions)   # for the fields a request omits
+    max_media_parts: int = 8             # images + videos per request
+    max_total_frames: int = 128          # video frames (+1 per image) per request
+    max_text_bytes: int = 1 * 2**20      # UTF-8 bytes of all text parts together
+
+
+# ---- the raw body --------------------------------------------------------------------------------------
+def check_body_size(raw: bytes) -> None:
+    """Refuse, before ``json.loads``, a body that would build millions of Python objects."""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > MAX_JSON_VALUES:
+        raise LimitExceededError(f"the request body holds about {values} JSON values, over the limit of "
+                                 f"{MAX_JSON_VALUES}", param="messages")
+
+
+def check_json(body: object) -> None:
+    """Nesting depth and string content of a parsed body, walked without recursion: deeper than
+    :data:`MAX_JSON_DEPTH` or a lone UTF-16 surrogate anywhere (no valid UTF-8 text has one) is a 400."""
+    stack = [(body, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise InvalidValueError(f"{where or 'the body'} holds a lone UTF-16 surrogate; text must be valid "
+                                        "Unicode", param=where or None)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidValueError(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels",
+                                    param=where or None)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                raise InvalidValueError("a key of the request body holds a lone UTF-16 surrogate")
+            path = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"
+            stack.append((item, depth + 1, path.lstrip(".")))
 
 
 def parse_chat_request(body: object, limits: RequestLimits) -> ChatRequest:
@@ -83,6 +124,7 @@ def parse_chat_request(body: object, limits: RequestLimits) -> ChatRequest:
     defaults = limits.defaults
     num_frames = _frames(body, "num_frames", limits) if "num_frames" in body else None
     messages = _parse_messages(body.get("messages"), limits, num_frames)
+    _check_admission(messages, limits)
     stream = _bool(body, "stream", False)
     include_usage = _parse_stream_options(body, stream)
     options = GenerationOptions(
@@ -95,6 +137,22 @@ def parse_chat_request(body: object, limits: RequestLimits) -> ChatRequest:
         num_frames=num_frames if num_frames is not None else limits.default_frames,
     )
     return ChatRequest(model=model, messages=messages, options=options, stream=stream, include_usage=include_usage)
+
+
+# ---- admission: caps checked before anything is fetched or decoded -------------------------------------
+def _check_admission(messages: tuple[Message, ...], limits: RequestLimits) -> None:
+    media = [p for m in messages for p in m.parts if isinstance(p, MediaPart)]
+    if len(media) > limits.max_media_parts:
+        raise LimitExceededError(f"the request has {len(media)} images/videos, over this server's limit of "
+                                 f"{limits.max_media_parts} per request (--max-media-parts)", param="messages")
+    frames = sum(p.num_frames or 1 for p in media)
+    if frames > limits.max_total_frames:
+        raise LimitExceededError(f"the request asks for {frames} frames in all, over this server's limit of "
+                                 f"{limits.max_total_frames} per request (--max-total-frames)", param="num_frames")
+    text = sum(len(p.text.encode("utf-8")) for m in messages for p in m.parts if isinstance(p, TextPart))
+    if text > limits.max_text_bytes:
+        raise LimitExceededError(f"the request's text is {text} bytes, over this server's limit of "
+                                 f"{limits.max_text_bytes} bytes (--max-text-bytes)", param="messages")
 
 
 # ---- refusals ------------------------------------------------------------------------------------------
@@ -202,6 +260,8 @@ def _check_data_url_size(url: str, max_bytes: int, param: str) -> None:
         return
     header, _, payload = url.partition(",")
     size = len(payload) * 3 // 4 if header.lower().endswith(";base64") else len(payload)
+    if size > max_bytes and header.lower().endswith(";base64"):     # exact: padding and whitespace are no data
+        size = (len(payload) - _BASE64_IGNORED.subn("", payload)[1]) * 3 // 4
     if size > max_bytes:
         raise MediaTooLargeError(f"data URL holds about {size} bytes, over this server's limit of "
                                  f"{max_bytes} bytes (--max-media-bytes)", param=param, source=url)
