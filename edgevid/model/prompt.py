@@ -10,6 +10,16 @@ Follows transformers' ``Gemma4Processor.apply_chat_template`` step by step:
    single spaces (minutes and seconds floored, as ``Gemma4Processor.replace_video_token``), every
    ``<|image|>`` marker ``"<boi><|image|>*k<eoi>"``, k = the frame's / image's soft tokens;
 3. the text is encoded with ``add_special_tokens`` off when it already starts with ``<bos>``.
+
+Prompt integrity: a caller's text cannot inject control tokens. When a text of a user or system message
+spells a special token (``<|turn>``, ``<turn|>``, ``<|image|>``...), each such string is replaced, before the
+template is rendered, by a private-use placeholder character; after rendering, the placeholders are
+tokenized as the *text* of the string they stand for (``Tokenizer.encode_literal``), while the
+template's own markers stay control tokens. Messages without such strings take the unchanged path, so
+their ids stay those of transformers' ``apply_chat_template`` (which would turn typed markers into
+control tokens: there edgevid deliberately differs). Assistant turns are left as they are: the chat
+template itself reads markers in them (Gemma 4 strips ``<|channel>...<channel|>`` thinking), and they are
+the caller's own history, not third-party text.
 """
 from __future__ import annotations
 
@@ -280,6 +290,62 @@ def expand_media(text: str, media: Sequence[PromptMedia], folder: ModelFolder) -
     return markers.sub(replace, text)
 
 
+# ---- prompt integrity ----------------------------------------------------------------------------------
+PLACEHOLDER_BASE = 0xF0000        # Supplementary Private Use Area-A: one character per special token
+GUARDED_ROLES = ("user", "system")
+
+
+def guard_control_text(messages: Sequence[Mapping], tokenizer: Tokenizer) -> tuple[list, dict[str, str]]:
+    """``messages`` with every special-token string in their texts replaced by a placeholder character,
+    and the placeholder -> string table ({} and the messages unchanged when no text spells one)."""
+    table: dict[str, str] = {}
+    if tokenizer.special_pattern is None:
+        return list(messages), table
+    index = {text: chr(PLACEHOLDER_BASE + i) for i, text in enumerate(tokenizer.special_strings)}
+
+    def guard(text: Any) -> Any:
+        if not isinstance(text, str) or not tokenizer.has_special_strings(text):
+            return text
+
+        def swap(match: re.Match) -> str:
+            table[index[match.group(0)]] = match.group(0)
+            return index[match.group(0)]
+        return tokenizer.special_pattern.sub(swap, text)
+
+    out = []
+    for message in messages:
+        if message.get("role") not in GUARDED_ROLES:
+            out.append(message)
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            message = {**message, "content": guard(content)}
+        elif isinstance(content, (list, tuple)):
+            message = {**message, "content": [
+                {**part, "text": guard(part["text"])} if isinstance(part, Mapping) and part.get("type") == "text"
+                else part for part in content]}
+        out.append(message)
+    return out, table
+
+
+def encode_guarded(text: str, table: dict[str, str], tokenizer: Tokenizer) -> list[int]:
+    """Ids of rendered ``text``: template segments as usual, each placeholder as the literal text it holds."""
+    if not table:
+        return tokenizer.encode(text)
+    pattern = re.compile("|".join(map(re.escape, table)))
+    ids: list[int] = []
+    pos = 0
+    for match in pattern.finditer(text):
+        segment = text[pos:match.start()]
+        if segment:
+            ids += tokenizer.encode(segment, add_special_tokens=None if pos == 0 else False)
+        ids += tokenizer.encode_literal(table[match.group(0)])
+        pos = match.end()
+    if text[pos:]:
+        ids += tokenizer.encode(text[pos:], add_special_tokens=None if pos == 0 else False)
+    return ids
+
+
 def render_prompt(messages: Sequence[Mapping], folder: ModelFolder, tokenizer: Tokenizer | None = None, *,
                   add_generation_prompt: bool = True, resolve: Resolver | None = None,
                   **template_vars: Any) -> Prompt:
@@ -292,6 +358,9 @@ def render_prompt(messages: Sequence[Mapping], folder: ModelFolder, tokenizer: T
     validate_messages(messages)
     tokenizer = tokenizer or Tokenizer.from_folder(folder)
     media = prepare_media(messages, folder, resolve)
-    text = expand_media(render_template(folder, messages, add_generation_prompt, **template_vars), media, folder)
-    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    guarded, table = guard_control_text(messages, tokenizer)
+    text = expand_media(render_template(folder, guarded, add_generation_prompt, **template_vars), media, folder)
+    ids = np.asarray(encode_guarded(text, table, tokenizer), dtype=np.int64)
+    for placeholder, original in table.items():
+        text = text.replace(placeholder, original)
     return Prompt(text, ids, tuple(media), folder.special.video, folder.special.image)

@@ -2,6 +2,8 @@
 
 * :class:`Tokenizer` encodes without a second ``<bos>`` (Gemma 4 chat templates write ``<bos>`` themselves;
   transformers then encodes with ``add_special_tokens=False``) and decodes without special tokens.
+  :meth:`Tokenizer.encode_literal` encodes text with special-token strings (``<|turn>``...) as plain text,
+  for what a caller typed (prompt integrity, see :mod:`edgevid.model.prompt`).
 * :class:`IncrementalDetokenizer` turns a stream of token ids into text pieces; a piece is held back while it
   ends in an incomplete UTF-8 sequence (byte-fallback tokens ``<0xF0><0x9F>...`` decode to U+FFFD until the
   character is complete).
@@ -10,6 +12,8 @@
 """
 from __future__ import annotations
 
+import re
+import threading
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -27,6 +31,12 @@ class Tokenizer:
         self.backend = backend
         self.bos_text = bos_text
         self.bos_id = backend.token_to_id(bos_text)
+        specials = sorted((t.content for t in backend.get_added_tokens_decoder().values() if t.special),
+                          key=len, reverse=True)
+        self.special_strings = tuple(specials)
+        self.special_pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
+        self._literal: _BackendTokenizer | None = None
+        self._literal_lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: str | Path, bos_text: str = "<bos>") -> "Tokenizer":
@@ -70,6 +80,19 @@ class Tokenizer:
                 not text.startswith(self.bos_text * 2):
             ids = ids[1:]
         return ids
+
+    def has_special_strings(self, text: str) -> bool:
+        """Whether ``text`` spells a special token (which plain :meth:`encode` would turn into it)."""
+        return self.special_pattern is not None and self.special_pattern.search(text) is not None
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Ids of ``text`` with special-token strings tokenized as ordinary text; no special tokens added."""
+        with self._literal_lock:
+            if self._literal is None:        # a copy: the flag is per instance, the shared one stays as it is
+                literal = _BackendTokenizer.from_str(self.backend.to_str())
+                literal.encode_special_tokens = True
+                self._literal = literal
+        return self._literal.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
