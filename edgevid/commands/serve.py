@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
               help="Largest picture, GIF screen or video frame (width x height) decoded.")
 @click.option("--decode-timeout", default=DEFAULT_DECODE_TIMEOUT, show_default=True,
               type=click.FloatRange(min=0, min_open=True), help="Seconds to decode one request's media.")
+@click.option("--fetch-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds for a whole media download (connect, headers and body).")
 @click.option("--header-timeout", default=_DEFAULTS.header_timeout, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="Seconds a client has to send a request's headers (slow clients are disconnected).")
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 @click.option("--no-ui", is_flag=True, help="Do not serve the browser playground at / (the API only).")
 def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_private_urls, max_media_bytes,
           max_frames, max_media_parts, max_total_frames, max_text_bytes, max_pixels, decode_timeout,
-          header_timeout, queue_size, generation, device, precision, model_name, no_ui):
+          fetch_timeout, header_timeout, queue_size, generation, device, precision, model_name, no_ui):
     """Serve the OpenAI chat-completions API with video input.
 
     The generation flags are the defaults of requests that do not set those fields."""
@@ -69,7 +71,7 @@ def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_priva
     set_pillow_limit(max_pixels)
     policy = server_policy(local_dirs=tuple(local_dirs), domains=domains or None,
                            allow_private_urls=allow_private_urls, max_bytes=max_media_bytes,
-                           max_pixels=max_pixels, decode_timeout=decode_timeout)
+                           max_pixels=max_pixels, decode_timeout=decode_timeout).with_(timeout=fetch_timeout)
     pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy)
     config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
                           queue_size=queue_size, defaults=generation, ui=not no_ui, max_media_parts=max_media_parts,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 DEFAULT_MAX_PIXELS = 40_000_000        # a picture / GIF screen / video frame: 8K UHD (33.2 MP) fits
-DEFAULT_DECODE_TIMEOUT = 60.0          # seconds to sample one request's media (server default)
+DEFAULT_DECODE_TIMEOUT = 120.0         # seconds to sample one request's media (server default)
 
 
 @dataclass(frozen=True)
