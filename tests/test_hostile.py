@@ -194,7 +194,7 @@ def test_mp4_index_bombs_are_400(server, name):
 def test_gif_screen_bombs(server, side, statuses):
     started = time.monotonic()
     gif = gif_with_screen(*side)
-    assert len(gif) < 2000
+    assert len(gif) < 40_000
     reply = server.post(ask(video_part(data_url(gif, "image/gif"))))
     assert reply.status_code in statuses, reply.text[:300]
     if reply.status_code == 400:
@@ -232,7 +232,7 @@ def test_part_and_text_floods_are_refused_before_any_decoding(server):
     error = assert_refused(server.post({**ask(*[video_part(clip, num_frames=32)] * 5), "num_frames": 32}), (400,))
     assert "--max-total-frames" in error["message"]
     assert_refused(server.post(ask(text="x" * (2 * 2**20))), (400, 413))        # over --max-text-bytes
-    error = assert_refused(server.post(ask(text="word " * 2_000_000)), (413,))   # over the body limit
+    error = assert_refused(server.post(ask(text="word " * 4_000_000)), (413,))   # over the body limit
     assert error["code"] == "request_too_large"
     reply = server.post(raw=b"[" + b"1," * 3_000_000 + b"1]", body=None)          # millions of values
     assert_refused(reply, (400, 413))

@@ -59,7 +59,7 @@ def sample_gif(media: MediaSource, num_frames: int, limits: DecodeLimits | None 
                 frames.append(limits.scale(np.asarray(image.convert("RGB"), dtype=np.uint8)))
             stack = np.stack(frames)
     except Image.DecompressionBombError as exc:
-        raise PixelLimitError(f"the GIF is over Pillow's pixel limit: {exc}", source=media.source) from exc
+        raise PixelLimitError(f"the GIF is over the pixel limit (max_pixels, --max-pixels): {exc}", source=media.source) from exc
     except (UnidentifiedImageError, OSError, EOFError, ValueError) as exc:
         raise UnreadableMediaError(f"the GIF could not be decoded: {exc}", source=media.source) from exc
     duration = timeline[-1]

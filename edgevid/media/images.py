@@ -54,7 +54,7 @@ def decode_image(path: str, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
             upright = ImageOps.exif_transpose(image)
             return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except Image.DecompressionBombError as exc:
-        raise PixelLimitError(f"the image is over Pillow's pixel limit: {exc}", source=source) from exc
+        raise PixelLimitError(f"the image is over the pixel limit (max_pixels, --max-pixels): {exc}", source=source) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UnreadableMediaError(f"the image could not be decoded: {exc}", source=source) from exc
     except MemoryError as exc:
