@@ -27,6 +27,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from edgevid.admission import AdmissionLimits, check_messages
 from edgevid.bundled_demo import demo_dir
 from edgevid.errors import InvalidRequestError
 from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key, vision_input_key
@@ -90,6 +91,7 @@ class Pipeline:
         self.precision = precision
         self.policy = policy
         self.cache = cache          # media reuse: frames + vision features by content (None = off)
+        self.admission = AdmissionLimits()    # caps checked before any media is fetched or decoded
         self.encoder_id = None if cache is None else encoder_identity(
             folder.graph_path("vision_encoder", precision), precision)
 
@@ -174,6 +176,7 @@ class Pipeline:
         when on): the one media path of every surface. The server calls it in the request's own thread, so
         a slow download never holds the model worker; ``stream`` calls it for anything not yet resolved."""
         frames = (options.num_frames if options else None) or self.default_num_frames
+        check_messages(messages, self.admission, frames)      # caps first: nothing fetched or decoded yet
         return resolve_media_parts(messages, self.folder, num_frames=frames, policy=policy or self.policy,
                                    cache=self.cache, use=use, gate=gate)
 

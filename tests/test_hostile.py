@@ -382,3 +382,42 @@ def test_demo_still_answers_and_peak_rss_stayed_bounded(server):
     reply = server.post(ask(video_part(data_url(SAMPLE.read_bytes(), "video/mp4"))))
     assert answer(reply) == "the circle is red."
     assert server.peak < PEAK_RSS_LIMIT, f"server peak RSS {server.peak / 2**20:.0f} MB"
+    print(f"server peak RSS over the whole module: {server.peak / 2**20:.0f} MB")
+
+
+def test_header_deadline_disconnects_a_dribbling_client():
+    """The reaper itself (a crowd of 100 never fills the 400-connection limit): with --header-timeout 2
+    a socket that keeps sending header bytes is closed after ~2 s, an idle one stays until idle_timeout."""
+    server = DemoServer("--header-timeout", "2")
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        started, closed = time.monotonic(), False
+        while time.monotonic() - started < 10:
+            try:
+                sock.sendall(b"X")
+                sock.settimeout(0.5)
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and 1.5 < time.monotonic() - started < 5, time.monotonic() - started
+        assert server.alive()
+    finally:
+        server.stop()
+
+
+def test_library_caps_refuse_floods_before_decoding():
+    from edgevid.errors import LimitExceededError
+    from edgevid.pipeline import Pipeline
+
+    pipeline = Pipeline.load(DEMO, device="cpu")
+    missing = {"type": "video_url", "video_url": {"url": "/nonexistent/clip.mp4"}}
+    for messages in ([{"role": "user", "content": [missing] * 17}],
+                     [{"role": "user", "content": "x" * (5 * 2**20)}]):
+        with pytest.raises(LimitExceededError):
+            pipeline.chat(messages)

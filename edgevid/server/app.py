@@ -54,6 +54,9 @@ def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
                            defaults=config.defaults,
                            max_media_parts=config.max_media_parts, max_total_frames=config.max_total_frames,
                            max_text_bytes=config.max_text_bytes)
+    if hasattr(pipeline, "admission"):          # the worker-side check holds the server's own caps
+        from edgevid.admission import AdmissionLimits
+        pipeline.admission = AdmissionLimits(config.max_media_parts, config.max_total_frames, config.max_text_bytes)
     worker = ModelWorker(pipeline, queue_size=config.queue_size, policy=config.policy).start()
     state = ServerState(config=config, limits=limits, worker=worker, provider=provider,
                         fingerprint=f"edgevid-{__version__}-{provider}", started=int(time.time()),
