@@ -9,6 +9,9 @@ its target stays as decoded (the preprocessing upscales it later, as before).
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +40,46 @@ class WorkingSize:
 
     def scale(self, frame: np.ndarray) -> np.ndarray:
         """One uint8 RGB ``[H, W, 3]`` frame at its target size when that is smaller, else unchanged."""
-        from edgevid.model.preprocess import resize_bicubic_aa
         height, width = frame.shape[:2]
         if not self.shrinks(height, width):
             return frame
-        return resize_bicubic_aa(frame[None], *self.target(height, width), workers=1)[0]
+        return _resize_in_bands(frame, *self.target(height, width))
+
+
+ROWS_PER_BAND = 256
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="edgevid-scale")
+        return _POOL
+
+
+def _resize_in_bands(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """:func:`edgevid.model.preprocess.resize_bicubic_aa` of one frame, its width pass (the costly one, and
+    independent per row) run on bands of rows in parallel: the same integer arithmetic, so the same bytes,
+    and no full-size transposed copy of the frame is ever made."""
+    from edgevid.model.preprocess import _axis_weights, _resample_last_axis
+    h, w = frame.shape[:2]
+    planes = frame.transpose(2, 0, 1)                                   # [C, H, W], a view
+    if w != width:
+        wide = _axis_weights(w, width)
+        bands = [(r, min(h, r + ROWS_PER_BAND)) for r in range(0, h, ROWS_PER_BAND)]
+        narrow = np.empty((planes.shape[0], h, width), dtype=np.uint8)
+
+        def one(band):
+            r0, r1 = band
+            narrow[:, r0:r1] = _resample_last_axis(np.ascontiguousarray(planes[:, r0:r1]), wide)
+        list(_pool().map(one, bands))
+        planes = narrow
+    if h != height:
+        columns = np.ascontiguousarray(planes.transpose(0, 2, 1))          # [C, width, H]
+        planes = _resample_last_axis(columns, _axis_weights(h, height)).transpose(0, 2, 1)
+    return np.ascontiguousarray(planes.transpose(1, 2, 0))
 
 
 def scale_frame(frame: np.ndarray, working: WorkingSize | None) -> np.ndarray:
