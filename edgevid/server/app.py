@@ -163,13 +163,13 @@ def _check_text_tokens(req: ChatRequest, pipeline) -> None:
     prompt longer than the context is refused without ever reaching the model worker."""
     tokenizer = getattr(pipeline, "tokenizer", None)
     context = getattr(pipeline, "context_length", None)
-    if tokenizer is None or not isinstance(context, int):
+    if not hasattr(tokenizer, "encode_literal") or not isinstance(context, int):
         return
     tokens = 0
     for message in req.messages:
         for part in message.parts:
             if isinstance(part, TextPart) and part.text:
-                tokens += len(tokenizer.encode(part.text, add_special_tokens=False))
+                tokens += len(tokenizer.encode_literal(part.text))      # user text is text (prompt integrity)
                 if tokens > context:
                     raise ContextLengthError(f"the request's text alone is more than {tokens} tokens, over the "
                                              f"model's context of {context} tokens", param="messages")
