@@ -21,7 +21,11 @@ def request_messages(request: ChatRequest) -> list[dict]:
 
 def decode_request_media(request: ChatRequest, pipeline, policy: SourcePolicy, gate=None) -> list[dict]:
     """``gate`` (a semaphore) bounds how many requests decode at once; it is held while decoding only, so
-    a slow upstream holds just its own request."""
+    a slow upstream holds just its own request. ``policy.decode_timeout`` bounds the whole request: each
+    of its n media parts gets 1/n of it."""
+    parts = len(request.media)
+    if parts > 1 and policy.decode_timeout is not None:
+        policy = policy.with_(decode_timeout=policy.decode_timeout / parts)
     return pipeline.resolve_media(request_messages(request), request.options, policy, gate=gate)
 
 
