@@ -490,6 +490,9 @@ def test_frames_endpoint_applies_the_api_key_policy_and_caps(key_server, small_s
     Image.new("RGB", (64, 48), "red").save(image)
     still = requests.post(url, json={"image_url": {"url": data_url(image, "image/png")}}, headers=auth, timeout=30)
     assert still.status_code == 200 and still.json()["kind"] == "image" and len(still.json()["frames"]) == 1
+    assert still.json()["cached"] is False and (still.json()["width"], still.json()["height"]) == (64, 48)
+    again = requests.post(url, json={"image_url": {"url": data_url(image, "image/png")}}, headers=auth, timeout=30)
+    assert again.json()["cached"] is True                  # images share the media cache too
 
 
 def test_the_question_after_the_frames_decodes_nothing_again():
