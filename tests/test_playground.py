@@ -504,6 +504,16 @@ def test_the_question_after_the_frames_decodes_nothing_again():
 
     pipeline = Pipeline.load(DEMO)
     app = create_app(pipeline, ServerConfig())
+    decodes = []
+
+    class Gate:                       # the server's decode bound: entered once per decode, by either route
+        def __enter__(self):
+            decodes.append(threading.current_thread().name)
+
+        def __exit__(self, *exc):
+            return False
+
+    app.extensions["edgevid"].decode_gate = Gate()
     http = HttpServer(app, port=0)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
@@ -521,6 +531,7 @@ def test_the_question_after_the_frames_decodes_nothing_again():
         stats = pipeline.cache.stats()
         # the chat turns added only the vision features (one miss); the frames came from the cache each time
         assert stats.misses == misses + 1 and stats.hits >= 3
+        assert len(decodes) == 1                           # /v1/frames decoded, under the gate; no turn did
     finally:
         http.shutdown(wait=True)
         thread.join(10)

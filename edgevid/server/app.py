@@ -37,6 +37,7 @@ class ServerState:
     provider: str
     fingerprint: str
     started: int
+    decode_gate: object | None = None     # a semaphore bounding concurrent decodes (chat and /v1/frames alike)
 
 
 def create_app(pipeline, config: ServerConfig | None = None) -> Flask:
@@ -103,7 +104,7 @@ def media_frames():
     req = parse_frames_request(_json_body(), state.limits)
     ticket = state.worker.admit()
     try:
-        return jsonify(sample_frames(req, state.worker.pipeline, state.config.policy))
+        return jsonify(sample_frames(req, state.worker.pipeline, state.config.policy, gate=state.decode_gate))
     finally:
         ticket.release()
 

@@ -50,10 +50,10 @@ def parse_frames_request(body: object, limits: RequestLimits) -> FramesRequest:
     return FramesRequest(dataclasses.replace(part, param=f"{kind}.url"))
 
 
-def sample_frames(req: FramesRequest, pipeline, policy) -> dict:
+def sample_frames(req: FramesRequest, pipeline, policy, gate=None) -> dict:
     """The response body: metadata and one thumbnail per sampled frame (one for an image). The media goes
     through the pipeline's one media path (policy, caps, cache), as the chat request's will."""
-    resolved, cached = resolve_part(req.part, policy, pipeline)
+    resolved, cached = resolve_part(req.part, policy, pipeline, gate=gate)
     if req.part.kind == "image":
         image = np.asarray(resolved["image"])
         height, width = image.shape[:2]
