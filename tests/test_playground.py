@@ -490,6 +490,9 @@ def test_frames_endpoint_applies_the_api_key_policy_and_caps(key_server, small_s
     Image.new("RGB", (64, 48), "red").save(image)
     still = requests.post(url, json={"image_url": {"url": data_url(image, "image/png")}}, headers=auth, timeout=30)
     assert still.status_code == 200 and still.json()["kind"] == "image" and len(still.json()["frames"]) == 1
+    assert still.json()["cached"] is False and (still.json()["width"], still.json()["height"]) == (64, 48)
+    again = requests.post(url, json={"image_url": {"url": data_url(image, "image/png")}}, headers=auth, timeout=30)
+    assert again.json()["cached"] is True                  # images share the media cache too
 
 
 def test_the_question_after_the_frames_decodes_nothing_again():
@@ -501,6 +504,16 @@ def test_the_question_after_the_frames_decodes_nothing_again():
 
     pipeline = Pipeline.load(DEMO)
     app = create_app(pipeline, ServerConfig())
+    decodes = []
+
+    class Gate:                       # the server's decode bound: entered once per decode, by either route
+        def __enter__(self):
+            decodes.append(threading.current_thread().name)
+
+        def __exit__(self, *exc):
+            return False
+
+    app.extensions["edgevid"].decode_gate = Gate()
     http = HttpServer(app, port=0)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
@@ -518,6 +531,7 @@ def test_the_question_after_the_frames_decodes_nothing_again():
         stats = pipeline.cache.stats()
         # the chat turns added only the vision features (one miss); the frames came from the cache each time
         assert stats.misses == misses + 1 and stats.hits >= 3
+        assert len(decodes) == 1                           # /v1/frames decoded, under the gate; no turn did
     finally:
         http.shutdown(wait=True)
         thread.join(10)

@@ -113,7 +113,7 @@ def media_frames():
     req = parse_frames_request(_json_body(), state.limits)
     ticket = state.worker.admit()
     try:
-        return jsonify(sample_frames(req, state.worker.pipeline, state.config.policy))
+        return jsonify(sample_frames(req, state.worker.pipeline, state.config.policy, gate=state.decode_gate))
     finally:
         ticket.release()
 

@@ -39,12 +39,14 @@ def _part(part: TextPart | MediaPart) -> dict:
     return image_part(part.url)
 
 
-def resolve_part(part: MediaPart, policy: SourcePolicy, pipeline) -> tuple[dict, bool]:
+def resolve_part(part: MediaPart, policy: SourcePolicy, pipeline, gate=None) -> tuple[dict, bool]:
     """One media part through the pipeline's media path (``/v1/frames``): the resolved part and whether its
-    frames came from the media cache — the chat request that follows finds them there."""
+    frames came from the media cache — the chat request that follows finds them there. ``gate`` is the
+    server's concurrent-decode bound, held while decoding as for a chat request."""
     use = CacheUse()
     try:
-        resolved = pipeline.resolve_media([{"role": "user", "content": [_part(part)]}], None, policy, use)
+        resolved = pipeline.resolve_media([{"role": "user", "content": [_part(part)]}], None, policy, use,
+                                          gate=gate)
     except EdgevidError as err:
         err.param = part.param            # the frames body has one part: name it as the client sent it
         raise

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgevid.errors import EdgevidError
 from edgevid.model.prompt import format_timestamp
 from edgevid.server.decode_media import resolve_part
 from edgevid.server.errors import InvalidValueError
@@ -51,23 +50,17 @@ def parse_frames_request(body: object, limits: RequestLimits) -> FramesRequest:
     return FramesRequest(dataclasses.replace(part, param=f"{kind}.url"))
 
 
-def sample_frames(req: FramesRequest, pipeline, policy) -> dict:
-    """The response body: metadata and one thumbnail per sampled frame (one for an image)."""
-    part = req.part
-    try:
-        if part.kind == "image":
-            from edgevid.media import load_image
-            image = load_image(part.url, policy=policy)
-            height, width = image.shape[:2]
-            return {"object": "edgevid.frames", "kind": "image", "cached": False, "width": width,
-                    "height": height, "frames": [{"index": 0, "timestamp": None, "label": "image",
-                                                  "thumbnail": thumbnail(image)}]}
-        prepared, cached = resolve_part(part, policy, pipeline)
-        video = prepared["video"]
-    except EdgevidError as err:
-        if err.param is None:
-            err.param = part.param
-        raise
+def sample_frames(req: FramesRequest, pipeline, policy, gate=None) -> dict:
+    """The response body: metadata and one thumbnail per sampled frame (one for an image). The media goes
+    through the pipeline's one media path (policy, caps, cache), as the chat request's will."""
+    resolved, cached = resolve_part(req.part, policy, pipeline, gate=gate)
+    if req.part.kind == "image":
+        image = np.asarray(resolved["image"])
+        height, width = image.shape[:2]
+        return {"object": "edgevid.frames", "kind": "image", "cached": cached, "width": width,
+                "height": height, "frames": [{"index": 0, "timestamp": None, "label": "image",
+                                              "thumbnail": thumbnail(image)}]}
+    video = resolved["video"]
     frames = [{"index": int(i), "timestamp": round(float(t), 3), "label": format_timestamp(float(t)),
                "thumbnail": thumbnail(frame)}
               for frame, i, t in zip(video.frames, video.indices, video.timestamps)]
