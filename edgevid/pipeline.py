@@ -92,8 +92,7 @@ class Pipeline:
         self.policy = policy
         self.cache = cache          # media reuse: frames + vision features by content (None = off)
         self.admission = AdmissionLimits()    # caps checked before any media is fetched or decoded
-        self.encoder_id = None if cache is None else encoder_identity(
-            folder.graph_path("vision_encoder", precision), precision)
+        self.encoder_id = None if cache is None else encoder_identity(vision.path, precision)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", precision: str = "fp32", policy=None,
@@ -103,11 +102,13 @@ class Pipeline:
         config = session_config or SessionConfig(threads=threads)
         choice = select_providers(device, installed_providers(), threads=config.threads)
         special = folder.special
-        vision = VisionEncoderSession(folder.graph_path("vision_encoder", precision), choice, config,
-                                      pooling_kernel_size=folder.vision.pooling)
-        embed = EmbedSession(folder.graph_path("embed_tokens", precision), choice, config,
+        graphs = folder.select_graphs(precision)        # one precision per graph ("q4", "decoder=q4f16,...")
+        precision = graphs.label
+        vision = VisionEncoderSession(graphs.path("vision_encoder"), choice, config,
+                                      pooling_kernel_size=folder.vision.pooling, patch_size=folder.vision.patch_size)
+        embed = EmbedSession(graphs.path("embed_tokens"), choice, config,
                              placeholder_ids=_placeholder_ids(folder), pad_id=special.pad)
-        decoder = DecoderSession(folder.graph_path("decoder", precision), choice, config)
+        decoder = DecoderSession(graphs.path("decoder"), choice, config)
         if policy is None:
             from edgevid.media import SourcePolicy
 

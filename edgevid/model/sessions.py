@@ -134,14 +134,36 @@ class GraphSession:
         return _NP_TYPES.get(self.inputs[name].type, np.float32)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(None, feeds)
+        try:
+            outputs = self.session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's own error types
+            self._fall_back_to_cpu(exc)
+            outputs = self.session.run(None, feeds)
         return dict(zip(self.output_names, outputs))
+
+    def _fall_back_to_cpu(self, exc: Exception) -> None:
+        """A provider that accepted the graph at load time but rejects a node when it runs (onnxruntime's
+        CUDA provider and GroupQueryAttention with attention_bias before onnxruntime 1.24, for one): this
+        graph runs on the CPU provider from now on; the other graphs keep theirs. Re-raises on CPU."""
+        if self.provider == CPU:
+            raise exc
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        log.warning("%s: %s failed at run time (%s); running this graph on %s from now on",
+                    self.path.name, self.provider, first_line, CPU)
+        self._open(select_providers("cpu", [CPU]))
 
 
 class VisionEncoderSession(GraphSession):
-    def __init__(self, path, choice, config=SessionConfig(), *, pooling_kernel_size: int = 3):
+    def __init__(self, path, choice, config=SessionConfig(), *, pooling_kernel_size: int = 3,
+                 patch_size: int | None = None):
         super().__init__(path, choice, config)
         self.pool_area = pooling_kernel_size ** 2
+        patch_dim = self.inputs["pixel_values"].shape[-1] if "pixel_values" in self.inputs else None
+        if patch_size is not None and isinstance(patch_dim, int) and patch_dim != 3 * patch_size ** 2:
+            raise ModelFolderError(
+                f"{self.path.name} takes patches of {patch_dim} values, but the folder's configs give "
+                f"patch_size {patch_size} (3 x {patch_size}^2 = {3 * patch_size ** 2}); the graph and the configs "
+                f"come from different models", source=str(self.path))
 
     def soft_token_counts(self, position_ids: np.ndarray) -> np.ndarray:
         """Soft tokens per frame: real (non-padding) patches / pooling area, as transformers counts them."""
@@ -166,6 +188,11 @@ class VisionEncoderSession(GraphSession):
         trim_heap()
         counts = self.soft_token_counts(position_ids)
         expected = int(counts.sum())
+        if features.ndim == 2 and features.shape[0] != expected and len(counts) > 1 \
+                and features.shape[0] % len(counts) == 0:
+            # rows per frame = the chunk's most soft tokens (edgevid's graphs slice the padding slots off
+            # by shape, not by value): frames with fewer real patches carry padding rows at their end
+            features = features.reshape(len(counts), -1, features.shape[-1])
         if features.ndim == 3 and features.shape[0] == len(counts):
             # a graph without data-dependent shapes: [frames, max tokens, hidden], each frame's real
             # soft tokens first (the pooler maps padding patches to no output row)
@@ -309,6 +336,25 @@ class DecoderSession(GraphSession):
                 values[f"past_key_values.{spec.layer}.{kind}"] = ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
         return KVCache(values, 0)
 
+    def _bind(self, feeds: dict, arrays: dict, cache: KVCache):
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        keep_alive = []
+        for name, value in {**feeds, **arrays}.items():
+            if name not in self.inputs or value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                value = np.asarray(value, dtype=self.input_dtype(name), order="C")  # keeps 0-d scalars 0-d
+                keep_alive.append(value)
+                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
+            binding.bind_ortvalue_input(name, value)
+        for name, value in cache.values.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
+        return binding, keep_alive
+
     def forward(self, feeds: dict, cache: KVCache, seq_len: int) -> np.ndarray:
         """Run ``seq_len`` new positions; ``feeds`` holds inputs_embeds / per_layer_inputs / input_ids as
         numpy arrays or OrtValues. Updates ``cache`` in place and returns the last position's logits."""
@@ -321,26 +367,23 @@ class DecoderSession(GraphSession):
         }
         if self.keeps_logits:
             arrays["num_logits_to_keep"] = np.array(1, dtype=np.int64)
-        binding = self.session.io_binding()
-        keep_alive = []
-        for name, value in {**feeds, **arrays}.items():
-            if name not in self.inputs:
-                continue
-            if isinstance(value, np.ndarray):
-                value = np.asarray(value, dtype=self.input_dtype(name), order="C")  # keeps 0-d scalars 0-d
-                keep_alive.append(value)
-                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
-            binding.bind_ortvalue_input(name, value)
-        for name, value in cache.values.items():
-            binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
-        self.session.run_with_iobinding(binding)
+        try:
+            binding, keep_alive = self._bind(feeds, arrays, cache)
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime's own error types
+            self._fall_back_to_cpu(exc)
+            self.device = "cpu"
+            feeds = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in feeds.items() if v is not None}
+            for name, value in cache.values.items():
+                cache.values[name] = ort.OrtValue.ortvalue_from_numpy(value.numpy(), "cpu", 0)
+            binding, keep_alive = self._bind(feeds, arrays, cache)
+            self.session.run_with_iobinding(binding)
         if seq_len > 1:
             trim_heap()             # a prefill chunk's activations (decode steps are small: not worth it)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         for name in cache.values:
             cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
         cache.length = total
+        del keep_alive
         logits = outputs["logits"].numpy()
-        return logits.reshape(-1, logits.shape[-1])[-1]
+        return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32, copy=False)
