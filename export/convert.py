@@ -1,8 +1,9 @@
 """``export_model``: a Gemma 4 checkpoint (folder or hub id) -> a verified edgevid model folder.
 
 Stages (each reported through ``progress``): load -> vision graph -> embed graph -> decoder graph ->
-side files -> parity gate -> other precisions -> edgevid.json. The manifest is written last, so a folder
-whose gate failed has no ``edgevid.json`` and the runtime refuses it.
+side files -> parity gate -> other precisions -> interop files -> edgevid.json. Graphs go to ``onnx/``
+(onnx-community's layout); a folder whose gate failed has its graphs moved to ``onnx.rejected/``, so the
+runtime (which finds graphs by name, edgevid.json or not) refuses it.
 """
 from __future__ import annotations
 
@@ -147,6 +148,17 @@ def _gate(report: ParityReport, output: Path, hint: str) -> None:
                       "missed and the tokens match, --tolerance raises the limit", source=str(output))
 
 
+def _reject_graphs(output: Path) -> None:
+    """Move the graphs of a folder that failed the gate out of the runtime's sight (kept for debugging)."""
+    import shutil
+
+    graphs, rejected = output / model_folder.GRAPH_DIR, output / f"{model_folder.GRAPH_DIR}.rejected"
+    if rejected.exists():
+        shutil.rmtree(rejected)
+    if graphs.is_dir():
+        graphs.rename(rejected)
+
+
 def quantize_precisions(output: Path, precisions, reference_onnx, config, stages: _Stages) -> dict:
     """Write the quantised variants and measure them. ``reference_onnx`` is the fp32 ONNX run (or None)."""
     entries = {}
@@ -201,11 +213,16 @@ def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, 
                                             config, reference, output, files, GREEDY_STEPS, tolerance)
         progress(f"edgevid export: parity prefill max|diff| {report.prefill_max_abs_diff:.2e} (limit {report.limit:.2e}), "
                  f"greedy {report.greedy_steps} steps {'identical' if report.greedy_match else 'DIFFERENT'}")
-        _gate(report, output, "no edgevid.json was written (--no-validate skips the gate)")
+        try:
+            _gate(report, output, "the graphs were moved to onnx.rejected/ (--no-validate skips the gate)")
+        except ExportError:
+            _reject_graphs(output)
+            raise
         parity = report.as_dict()
     entries = {"fp32": dict(files, size_bytes=model_folder.files_size(output, files))}
     entries.update(quantize_precisions(output, chosen, reference_onnx, config, stages))
     layout = DecoderLayout.from_text_config(config.get_text_config())
+    model_folder.write_interop_files(output, config, entries)
     model_folder.write_manifest(output, config=config, layout=layout, source=source,
                                 precisions=entries, parity=parity)
     progress(f"edgevid export: wrote {output} in {time.perf_counter() - stages.start:.1f} s")
@@ -218,7 +235,7 @@ def verify_export(model_id_or_dir, output_dir, progress: Callable[[str], None] =
     when it fails and records the fresh figures in edgevid.json when it passes."""
     output = Path(output_dir)
     manifest_path = output / "edgevid.json"
-    files = model_folder.graph_files("fp32")
+    files = model_folder.existing_graph_files(output, "fp32")
     missing = [name for name in files.values() if not (output / name).is_file()]
     if missing:
         raise ExportError(f"not an exported folder: missing {', '.join(missing)}", source=str(output))

@@ -73,7 +73,7 @@ def write_embed_graph(model, path: Path) -> Path:
     ]
     small.append(numpy_helper.from_array(np.asarray([-1], dtype=np.int64), "last_axis"))
     outputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT,
-                                             ["batch", "sequence", text_config.hidden_size])]
+                                             ["batch_size", "sequence_length", text_config.hidden_size])]
     if per_layer:
         layers, dim = text_config.num_hidden_layers, text_config.hidden_size_per_layer_input
         small += [
@@ -89,12 +89,12 @@ def write_embed_graph(model, path: Path) -> Path:
             helper.make_node("Reshape", ["per_layer_scaled", "per_layer_full_shape"], ["per_layer_inputs"]),
         ]
         outputs.append(helper.make_tensor_value_info("per_layer_inputs", TensorProto.FLOAT,
-                                                     ["batch", "sequence", layers, dim]))
+                                                     ["batch_size", "sequence_length", layers, dim]))
     with open(data_path, "wb") as data_file:
         big = [_external_tensor(name, array, data_file, data_path) for name, array in tables.items()]
     graph = helper.make_graph(
         nodes, "embed_tokens",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])],
         outputs, initializer=big + small,
     )
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],

@@ -1,4 +1,9 @@
-"""Everything in the model folder besides the graphs: checkpoint side files and ``edgevid.json``."""
+"""Everything in the model folder besides the graphs: checkpoint side files, the files other runtimes need
+(``preprocessor_config.json``, an ``audio_encoder`` answer, ``transformers.js_config``) and ``edgevid.json``.
+
+The layout is onnx-community's (what transformers.js and the published Gemma 4 ONNX folders use): graphs in
+``onnx/<graph><suffix>.onnx`` with weights in ``<file>_data`` beside them, configs at the root.
+"""
 from __future__ import annotations
 
 import json
@@ -6,19 +11,40 @@ import logging
 import shutil
 from pathlib import Path
 
-from edgevid.model.folder_format import (  # noqa: F401  (the schema the runtime reads: one definition)
-    FORMAT_VERSION, GRAPH_FILES, GRAPHS as GRAPH_NAMES, MANIFEST, SUFFIX, graph_files,
-)
-
 from .decoder import DecoderLayout
 
 log = logging.getLogger(__name__)
 
+FORMAT_VERSION = 2          # folder contract 2: graphs found by name in onnx/, edgevid.json optional
+GRAPH_DIR = "onnx"
 SIDE_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
 )
+GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder")
+GRAPH_FILES = {"vision_encoder": "vision_encoder", "embed_tokens": "embed_tokens", "decoder": "decoder_model_merged"}
+SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
+# transformers.js loads an audio encoder for every Gemma4ForConditionalGeneration
+AUDIO_ENCODER = "audio_encoder"
+PREPROCESSOR_CONFIG = {"processor_class": "Gemma4Processor"}
+
+
+def graph_files(precision: str, directory: str = GRAPH_DIR) -> dict:
+    """{"vision_encoder": "onnx/vision_encoder_q4.onnx", ...} for a precision."""
+    prefix = f"{directory}/" if directory not in ("", ".") else ""
+    return {key: f"{prefix}{stem}{SUFFIX[precision]}.onnx" for key, stem in GRAPH_FILES.items()}
+
+
+def existing_graph_files(folder: Path, precision: str) -> dict:
+    """``graph_files`` in onnx/, or at the root for folders written before the onnx/ layout."""
+    files = graph_files(precision)
+    if all((folder / name).is_file() for name in files.values()):
+        return files
+    root = graph_files(precision, ".")
+    return root if all((folder / name).is_file() for name in root.values()) else files
+
+
 def files_size(folder: Path, files: dict) -> int:
     total = 0
     for name in files.values():
@@ -119,6 +145,61 @@ def decoder_facts(config, layout: DecoderLayout) -> dict:
     }
 
 
+def write_audio_encoder(path: Path, hidden_size: int, dtype: str = "float32") -> Path:
+    """An ``audio_encoder`` for a model without audio: it takes what transformers.js would feed
+    (``input_features`` [batch, frames, 128], ``input_features_mask``) and answers zero ``audio_features``
+    rows, so loading succeeds and a prompt with audio fails on the feature count, not on a missing file."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
+    zero = numpy_helper.from_array(np.zeros(1, np.float16 if dtype == "float16" else np.float32), "zero")
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["no_rows_shape"], ["audio_features"], value=zero)],
+        "audio_encoder_absent",
+        [helper.make_tensor_value_info("input_features", TensorProto.FLOAT, ["batch_size", "num_frames", 128]),
+         helper.make_tensor_value_info("input_features_mask", TensorProto.BOOL, ["batch_size", "num_frames"])],
+        [helper.make_tensor_value_info("audio_features", elem, [0, hidden_size])],
+        initializer=[numpy_helper.from_array(np.array([0, hidden_size], np.int64), "no_rows_shape")],
+        doc_string="this model has no audio tower: zero audio_features rows",
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgevid_export")
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(model, str(path))
+    return path
+
+
+def write_interop_files(output: Path, config, precisions: dict) -> list[str]:
+    """What transformers.js needs beside the graphs: ``preprocessor_config.json`` (onnx-community's 43 bytes),
+    an ``audio_encoder`` per precision, and ``transformers.js_config`` in config.json (which graphs have one
+    external-data chunk; fp16 KV for q4f16). Returns the files written."""
+    written = []
+    pre = output / "preprocessor_config.json"
+    if not pre.is_file():
+        pre.write_text(json.dumps(PREPROCESSOR_CONFIG) + "\n", encoding="utf-8")
+        written.append(pre.name)
+    hidden = config.get_text_config().hidden_size
+    chunks = {}
+    for precision, entry in precisions.items():
+        audio = f"{GRAPH_DIR}/{AUDIO_ENCODER}{SUFFIX[precision]}.onnx"
+        write_audio_encoder(output / audio, hidden, "float16" if precision == "q4f16" else "float32")
+        written.append(audio)
+        for key in GRAPH_NAMES:
+            file = output / entry[key]
+            if file.with_name(file.name + "_data").is_file():
+                chunks[file.name] = 1
+    path = output / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    tjs = dict(data.get("transformers.js_config") or {})
+    tjs["use_external_data_format"] = chunks
+    if "q4f16" in precisions:
+        tjs["kv_cache_dtype"] = {"q4f16": "float16"}
+    data["transformers.js_config"] = tjs
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return written
+
+
 def write_manifest(output: Path, *, config, layout: DecoderLayout, source: str, precisions: dict,
                    parity: dict | None) -> Path:
     facts = _processor_facts(output)
@@ -140,6 +221,6 @@ def write_manifest(output: Path, *, config, layout: DecoderLayout, source: str, 
         "decoder": decoder_facts(config, layout),
         "parity": parity if parity is not None else {"skipped": True},
     }
-    path = output / MANIFEST
+    path = output / "edgevid.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

@@ -3,6 +3,13 @@
 Example inputs use sizes >= 2 on every dynamic axis (torch.export specialises 0 and 1); zero-length
 ``past`` still runs in onnxruntime. Weights are saved as aligned external data (``<graph>.onnx_data``)
 whatever their size, so that onnxruntime maps them (see ``_save``).
+
+What other runtimes read from the graphs (transformers.js, onnxruntime-genai, the onnx-community layout):
+dynamic dimensions are named (``name_dims``: ``batch_size``, ``sequence_length``, ``past_sequence_length``,
+``total_sequence_length``...) because transformers.js builds the empty KV cache from the names (only
+``batch_size`` becomes 1, every other name 0); ``num_logits_to_keep`` is a real decoder input (a graph input
+with a default initializer is invisible to them); the vision encoder returns one row per soft token
+(``rows_per_soft_token``).
 """
 from __future__ import annotations
 
@@ -82,6 +89,96 @@ def _save(program, path: Path) -> None:
     onnx_ir.save(program.model, str(path), external_data=data.name, alignment=ALIGNMENT)
 
 
+# graph input/output -> a name per axis (None: static, left as it is)
+VISION_DIMS = {"pixel_values": ("num_images", "num_patches", None),
+               "pixel_position_ids": ("num_images", "num_patches", None),
+               "image_features": ("num_soft_tokens", None)}
+
+
+def decoder_dims(names: list[str], outputs: list[str]) -> dict:
+    dims = {"inputs_embeds": ("batch_size", "sequence_length", None),
+            "per_layer_inputs": ("batch_size", "sequence_length", None, None),
+            "attention_mask": ("batch_size", "total_sequence_length"),
+            "position_ids": ("batch_size", "sequence_length"),
+            "input_ids": ("batch_size", "sequence_length"),
+            "logits": ("batch_size", "num_logits", None)}
+    for name in names + outputs:
+        if name.startswith("past_key_values."):
+            dims[name] = ("batch_size", None, "past_sequence_length", None)
+        elif name.startswith("present."):
+            dims[name] = ("batch_size", None, "total_sequence_length", None)
+    return dims
+
+
+def name_dims(path: Path, names: dict) -> None:
+    """Give the dynamic axes of the graph's inputs/outputs the names in ``names`` (torch.export writes
+    ``s15``, ``s15 + s70``...). A symbol named on an input is renamed everywhere it appears (inside
+    expressions too), so onnxruntime's shape inference still sees the same relations. Weights untouched."""
+    import re
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    rename = {}
+    for value in graph.input:
+        for dim, wanted in zip(value.type.tensor_type.shape.dim, names.get(value.name, ())):
+            if wanted and re.fullmatch(r"[A-Za-z_]\w*", dim.dim_param or "") and dim.dim_param != wanted:
+                rename.setdefault(dim.dim_param, wanted)
+    symbol = re.compile(r"[A-Za-z_]\w*")
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = symbol.sub(lambda m: rename.get(m.group(0), m.group(0)), dim.dim_param)
+    for value in (*graph.input, *graph.output):
+        for dim, wanted in zip(value.type.tensor_type.shape.dim, names.get(value.name, ())):
+            if wanted and not dim.HasField("dim_value"):
+                dim.dim_param = wanted
+    onnx.save(model, str(path))
+
+
+def rows_per_soft_token(path: Path, pooling_kernel_size: int) -> None:
+    """Turn ``image_features`` [frames, pooled slots, hidden] into [frames x n, hidden], n = the most real
+    soft tokens of any frame in the call, by a Slice whose end is computed from ``pixel_position_ids``:
+    one row per soft token for a single image or the frames of one video (what transformers.js and the
+    published graphs give), and no data-dependent gather (OpenVINO mis-shaped ``pooled[valid]``, 4 rows for
+    280). Frames of one call with fewer real patches keep padding rows at their end (the runtime drops them)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 18:
+        raise ValueError(f"{path.name}: opset {opset} < 18 (ReduceMin with axes as an input)")
+    out = graph.output[0]
+    hidden = out.type.tensor_type.shape.dim[-1].dim_value
+    pooled = "image_features_slots"
+    for node in graph.node:
+        node.output[:] = [pooled if name == out.name else name for name in node.output]
+        node.input[:] = [pooled if name == out.name else name for name in node.input]
+    consts = {"rows_zero": np.array(0, np.int64), "rows_axis_coord": np.array([2], np.int64),
+              "rows_axis_patch": np.array([1], np.int64), "rows_axis_frame": np.array([0], np.int64),
+              "rows_area": np.array([pooling_kernel_size ** 2], np.int64), "rows_start": np.array([0], np.int64),
+              "rows_shape": np.array([-1, hidden], np.int64)}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    graph.node.extend([
+        helper.make_node("GreaterOrEqual", ["pixel_position_ids", "rows_zero"], ["rows_coord_real"]),
+        helper.make_node("Cast", ["rows_coord_real"], ["rows_coord_real_i"], to=TensorProto.INT64),
+        helper.make_node("ReduceMin", ["rows_coord_real_i", "rows_axis_coord"], ["rows_patch_real"], keepdims=0),
+        helper.make_node("ReduceSum", ["rows_patch_real", "rows_axis_patch"], ["rows_real_per_frame"], keepdims=0),
+        helper.make_node("ReduceMax", ["rows_real_per_frame", "rows_axis_frame"], ["rows_real_most"], keepdims=1),
+        helper.make_node("Div", ["rows_real_most", "rows_area"], ["rows_tokens"]),
+        helper.make_node("Slice", [pooled, "rows_start", "rows_tokens", "rows_axis_patch"], ["rows_sliced"]),
+        helper.make_node("Reshape", ["rows_sliced", "rows_shape"], [out.name]),
+    ])
+    del out.type.tensor_type.shape.dim[:]
+    out.type.tensor_type.shape.dim.add().dim_param = "num_soft_tokens"
+    out.type.tensor_type.shape.dim.add().dim_value = hidden
+    onnx.save(model, str(path))
+
+
 def export_vision(model, path: Path, opset=None) -> Path:
     vision = model.config.vision_config
     patch_dim = 3 * vision.patch_size ** 2
@@ -92,8 +189,11 @@ def export_vision(model, path: Path, opset=None) -> Path:
     positions = grid.unsqueeze(0).repeat(frames, 1, 1).long()
     positions[1, side * side:] = -1                       # second frame half padding
     dyn = ({0: AUTO, 1: AUTO}, {0: AUTO, 1: AUTO})
-    return _export(VisionEncoderGraph(model).eval(), (pixel_values, positions), path,
-                   ["pixel_values", "pixel_position_ids"], ["image_features"], dyn, opset)
+    _export(VisionEncoderGraph(model).eval(), (pixel_values, positions), path,
+            ["pixel_values", "pixel_position_ids"], ["image_features"], dyn, opset)
+    rows_per_soft_token(path, vision.pooling_kernel_size)
+    name_dims(path, VISION_DIMS)
+    return path
 
 
 def export_embed_tokens(model, path: Path, opset=None) -> Path:
@@ -128,8 +228,9 @@ def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
 def export_decoder(model, path: Path, opset=None) -> Path:
     graph = DecoderGraph(model).eval()
     args, dyn = decoder_example_inputs(graph)
-    _export(graph, args, path, graph.layout.input_names(), graph.layout.output_names(), (tuple(dyn),), opset)
-    add_input_default(path, "num_logits_to_keep", 0)
+    names, outputs = graph.layout.input_names(), graph.layout.output_names()
+    _export(graph, args, path, names, outputs, (tuple(dyn),), opset)
+    name_dims(path, decoder_dims(names, outputs))
     return path
 
 

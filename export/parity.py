@@ -94,14 +94,20 @@ class OnnxGemma:
         return [o.astype(np.float32) if o.dtype == np.float16 else o for o in session.run(None, cast)]
 
     def encode_vision(self, prompt: ParityPrompt) -> np.ndarray:
-        """[soft_tokens, hidden]: each frame's real rows of the graph's [frames, slots, hidden] output (graphs
-        exported before that layout return the 2-D rows directly)."""
+        """[soft_tokens, hidden]: the graph's rows, each frame's real ones. Graphs give [frames x n, hidden]
+        (n = the most soft tokens of any frame), [frames, slots, hidden] (older exports) or only real rows."""
         positions = prompt.pixel_position_ids
         features = self._run(self.vision, {"pixel_values": prompt.pixel_values, "pixel_position_ids": positions})[0]
+        real = (positions != -1).all(axis=-1).sum(axis=-1)
+        frames = len(real)
         if features.ndim == 2:
-            return features
-        pool_area = positions.shape[1] // features.shape[1]
-        counts = (positions != -1).all(axis=-1).sum(axis=-1) // pool_area
+            if features.shape[0] % frames or features.shape[0] == 0:
+                return features
+            features = features.reshape(frames, -1, features.shape[-1])
+            pool_area = int(real.max()) // features.shape[1]          # rows per frame = the most real tokens
+        else:
+            pool_area = positions.shape[1] // features.shape[1]       # rows per frame = every pooled slot
+        counts = real // pool_area
         return np.concatenate([frame[:n] for frame, n in zip(features, counts)], axis=0)
 
     def _embed(self, input_ids: np.ndarray):

@@ -87,19 +87,19 @@ def test_e2b_graph_contract(exported):
     decoder = _manifest(folder)["decoder"]
     assert decoder["per_layer_inputs"] is True and decoder["cache_layers"] == [0, 1]
     assert decoder["kv_shared_layers"] == {"2": 0, "3": 1}
-    _, outputs, _ = _io(folder / "embed_tokens.onnx")
+    _, outputs, _ = _io(folder / "onnx" / "embed_tokens.onnx")
     assert outputs == ["inputs_embeds", "per_layer_inputs"]
-    inputs, outputs, _ = _io(folder / "decoder_model_merged.onnx")
+    inputs, outputs, _ = _io(folder / "onnx" / "decoder_model_merged.onnx")
     assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
     assert "input_ids" not in inputs and "per_layer_inputs" in inputs
     assert inputs["past_key_values.0.key"].shape[1:] == [2, inputs["past_key_values.0.key"].shape[2], 16]
     assert inputs["past_key_values.1.key"].shape[3] == 32                   # global head dim
-    _, outputs, session = _io(folder / "vision_encoder.onnx")
+    _, outputs, session = _io(folder / "onnx" / "vision_encoder.onnx")
     assert outputs == ["image_features"]
-    assert len(session.get_outputs()[0].shape) == 3                         # [frames, slots, hidden]: static rows
+    assert session.get_outputs()[0].shape == ["num_soft_tokens", 64]          # one row per soft token
     import onnx
 
-    vision_ops = {n.op_type for n in onnx.load(str(folder / "vision_encoder.onnx"), load_external_data=False).graph.node}
+    vision_ops = {n.op_type for n in onnx.load(str(folder / "onnx" / "vision_encoder.onnx"), load_external_data=False).graph.node}
     assert "Clip" not in vision_ops and "Max" in vision_ops   # clamp(min=0) on positions as Max (OpenVINO-safe)
 
 
@@ -107,7 +107,7 @@ def test_bidirectional_graph_reads_input_ids(exported):
     """The bidirectional decoder takes input_ids, and they change the result: the same embeddings with the
     video ids replaced by a text id give different logits on the video block."""
     _, folder, _ = exported("bidirectional")
-    inputs, _, session = _io(folder / "decoder_model_merged.onnx")
+    inputs, _, session = _io(folder / "onnx" / "decoder_model_merged.onnx")
     assert "input_ids" in inputs and "per_layer_inputs" not in inputs
     assert inputs["past_key_values.2.key"].shape[1] == 1                      # num_global_key_value_heads
     rng = np.random.default_rng(0)
@@ -127,8 +127,8 @@ def test_bidirectional_graph_reads_input_ids(exported):
 def test_num_logits_to_keep_and_left_padding(exported):
     """k=1 returns the last row of the full logits; a left-padded batch row equals the same prompt alone."""
     _, folder, _ = exported("e2b_like")
-    embed = ort.InferenceSession(str(folder / "embed_tokens.onnx"), providers=["CPUExecutionProvider"])
-    inputs, _, decoder = _io(folder / "decoder_model_merged.onnx")
+    embed = ort.InferenceSession(str(folder / "onnx" / "embed_tokens.onnx"), providers=["CPUExecutionProvider"])
+    inputs, _, decoder = _io(folder / "onnx" / "decoder_model_merged.onnx")
     ids = np.array([[2, 11, 12, 13, 14, 15, 16, 17, 18, 19]])
 
     def run(batch_ids, mask, keep):
@@ -162,7 +162,7 @@ def test_cli_export_moe(tmp_path):
     proc = _cli("export", "--model", str(checkpoint), "--output", str(tmp_path / "model"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("model")
-    assert "edgevid export: decoder -> decoder_model_merged.onnx done in" in proc.stderr
+    assert "edgevid export: decoder -> onnx/decoder_model_merged.onnx done in" in proc.stderr
     manifest = _manifest(tmp_path / "model")
     assert manifest["decoder"]["moe"] is True and manifest["decoder"]["bidirectional_vision"] is True
     assert manifest["parity"]["passed"] is True and manifest["parity"]["greedy_match"] is True
@@ -176,12 +176,12 @@ def test_corrupted_graph_fails_the_gate(exported, tmp_path):
     checkpoint, folder, _ = exported("e2b_like")
     broken = tmp_path / "broken"
     shutil.copytree(folder, broken)
-    model = onnx.load(str(broken / "decoder_model_merged.onnx"))
+    model = onnx.load(str(broken / "onnx" / "decoder_model_merged.onnx"))
     target = next(t for t in model.graph.initializer if t.name == "text.norm.weight")   # the final norm
     values = numpy_helper.to_array(target).copy()
     values += 0.05 * np.sign(values)
     target.CopyFrom(numpy_helper.from_array(values, target.name))
-    onnx.save(model, str(broken / "decoder_model_merged.onnx"))
+    onnx.save(model, str(broken / "onnx" / "decoder_model_merged.onnx"))
 
     proc = _cli("export", "--model", str(checkpoint), "--output", str(broken), "--verify")
     assert proc.returncode == 1
@@ -212,14 +212,15 @@ def test_rejects_other_checkpoints(tmp_path):
         export_model(folder, tmp_path / "out", precisions=("fp8",), progress=lambda line: None)
 
 
-def test_embed_graph_keeps_its_tables_in_external_data(tmp_path):
-    """``embed_tokens.onnx`` is written as a small graph + ``embed_tokens.onnx_data`` and loads; the
+def test_large_graphs_go_to_external_data(tmp_path, monkeypatch):
+    """Past the size limit a graph is written as <graph>.onnx + <graph>.onnx_data and still loads; the
     hand-written embed graph equals the PyTorch lookup (placeholders -> pad, scales, per-layer reshape)."""
     import torch
     from edgevid_export import onnx_graphs
     from edgevid_export.encoders import EmbedTokensGraph
     from gemma_configs import build_random_model, e2b_like_config
 
+    monkeypatch.setattr(onnx_graphs, "TWO_GB", 1024)
     model = build_random_model(e2b_like_config(), seed=1)
     path = onnx_graphs.export_embed_tokens(model, tmp_path / "embed_tokens.onnx")
     data = tmp_path / "embed_tokens.onnx_data"
@@ -265,13 +266,14 @@ def test_quantised_precisions_are_measured(exported):
     assert entries["fp16"]["prefill_max_abs_diff_vs_fp32"] < 0.1
 
 
-def test_decoder_with_external_data_runs(tmp_path):
-    """The torch-exported decoder, ``decoder_model_merged.onnx`` + ``.onnx_data`` (after the
-    num_logits_to_keep default is added), loads in onnxruntime; omitted num_logits_to_keep = all rows."""
+def test_decoder_with_external_data_runs(tmp_path, monkeypatch):
+    """The torch-exported path past the size limit: ``decoder_model_merged.onnx`` + ``.onnx_data`` (after
+    the dimensions are named) loads in onnxruntime; num_logits_to_keep 0 = all rows, 1 = the last."""
     from edgevid_export import onnx_graphs
     from gemma_configs import build_random_model, dense_config
 
     model = build_random_model(dense_config(), seed=2)
+    monkeypatch.setattr(onnx_graphs, "TWO_GB", 0)
     path = onnx_graphs.export_decoder(model, tmp_path / "decoder_model_merged.onnx")
     assert (tmp_path / "decoder_model_merged.onnx_data").stat().st_size > path.stat().st_size
     assert not (tmp_path / "decoder_model_merged.onnx.data").exists()
@@ -282,7 +284,8 @@ def test_decoder_with_external_data_runs(tmp_path):
     for name, meta in inputs.items():
         if name.startswith("past_key_values."):
             feeds[name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), np.float32)
-    logits = session.run(["logits"], feeds)[0]
+    assert "num_logits_to_keep" in inputs                 # a real input: runtimes that list inputs see it
+    logits = session.run(["logits"], dict(feeds, num_logits_to_keep=np.array(0, np.int64)))[0]
     last = session.run(["logits"], dict(feeds, num_logits_to_keep=np.array(1, np.int64)))[0]
     assert logits.shape == (1, 5, 512) and last.shape == (1, 1, 512)
     np.testing.assert_allclose(last[0, 0], logits[0, -1], atol=1e-5)
