@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 from edgevid.errors import ExportError
-from edgevid.model.folder_format import PRECISIONS
 
 from . import model_folder, onnx_graphs
 from .decoder import DecoderLayout
@@ -25,6 +24,7 @@ from .parity_prompt import build_parity_prompt
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("fp32", "fp16", "int8", "q4", "q4f16")
 GREEDY_STEPS = 32
 
 
@@ -169,14 +169,21 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
         from .quantize import quantize_graph, scheme_for
     except ImportError as exc:
         raise ExportError(f"precision {', '.join(others)} needs edgevid_export.quantize, which is missing ({exc})") from exc
+    from .quantize_q4f16 import quantize_q4f16
+
     fp32_files = model_folder.graph_files("fp32")
     for precision in others:
         files = model_folder.graph_files(precision)
         for key in model_folder.GRAPH_NAMES:
-            stages.run(f"{precision}: {files[key]}", quantize_graph,
-                       output / fp32_files[key], output / files[key], precision, key == "embed_tokens", key)
-        entry = dict(files, size_bytes=model_folder.files_size(output, files),
-                     schemes={key: scheme_for(precision, key) for key in model_folder.GRAPH_NAMES})
+            if precision == "q4f16":
+                stages.run(f"{precision}: {files[key]}", quantize_q4f16, output / fp32_files[key], output / files[key],
+                           key, key == "embed_tokens")
+            else:
+                stages.run(f"{precision}: {files[key]}", quantize_graph,
+                           output / fp32_files[key], output / files[key], precision, key == "embed_tokens", key)
+        schemes = {key: precision if precision == "q4f16" else scheme_for(precision, key)
+                   for key in model_folder.GRAPH_NAMES}
+        entry = dict(files, size_bytes=model_folder.files_size(output, files), schemes=schemes)
         if reference_onnx is not None:
             layout = DecoderLayout.from_text_config(config.get_text_config())
             prompt = build_parity_prompt(config)
