@@ -49,7 +49,7 @@ def _modules() -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The shared tiny export (fp32), copied and given q4 graphs the way ``export --precision fp32,q4`` does."""
+    """The shared tiny export (fp32), copied and given q4 and q4f16 graphs as ``export --precision`` makes them."""
     from transformers import AutoConfig
 
     from edgevid_export import convert, model_folder
@@ -60,7 +60,8 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tjs") / "model"
     shutil.copytree(shared, folder)
     config = AutoConfig.from_pretrained(checkpoint)
-    entries = convert.quantize_precisions(folder, ("fp32", "q4"), None, config, convert._Stages(lambda line: None))
+    entries = convert.quantize_precisions(folder, ("fp32", "q4", "q4f16"), None, config,
+                                          convert._Stages(lambda line: None))
     model_folder.write_interop_files(folder, config, {"fp32": model_folder.graph_files("fp32"), **entries})
     return modules, folder
 
@@ -102,7 +103,7 @@ def edgevid_prompt(folder: Path, *, prompt: str, image: Path | None = None):
     return built
 
 
-@pytest.mark.parametrize("precision", ["fp32", "q4"])
+@pytest.mark.parametrize("precision", ["fp32", "q4", "q4f16"])
 def test_text_prompt_same_ids(exported, tmp_path, precision):
     modules, folder = exported
     js = transformers_js(modules, folder, tmp_path, prompt=TEXT_PROMPT, dtype=precision)
