@@ -519,6 +519,8 @@ def decoder_feed(decoder_onnx, inputs_embeds: np.ndarray, per_layer_inputs: np.n
         elif name.startswith("past_key_values."):
             heads, head_dim = arg.shape[1], arg.shape[3]
             feed[name] = np.zeros((batch, heads, 0, head_dim), dtype=np.float32)
+        elif name == "num_logits_to_keep":
+            feed[name] = np.array(0, dtype=np.int64)            # every position's logits
     return feed
 
 

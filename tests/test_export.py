@@ -114,7 +114,8 @@ def test_bidirectional_graph_reads_input_ids(exported):
     ids = np.array([[2, 5, SPECIAL_IDS["boi"]] + [SPECIAL_IDS["video"]] * 4 + [SPECIAL_IDS["eoi"], 7, 8]])
     seq = ids.shape[1]
     feeds = {"inputs_embeds": rng.standard_normal((1, seq, 64)).astype(np.float32),
-             "attention_mask": np.ones((1, seq), np.int64), "position_ids": np.arange(seq)[None]}
+             "attention_mask": np.ones((1, seq), np.int64), "position_ids": np.arange(seq)[None],
+             "num_logits_to_keep": np.array(0, np.int64)}
     for name, meta in inputs.items():
         if name.startswith("past_key_values."):
             feeds[name] = np.zeros((1, meta.shape[1], 0, meta.shape[3]), np.float32)
