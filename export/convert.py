@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgevid.errors import ExportError
+from edgevid.model.folder_format import PRECISIONS      # one list with the CLI
 
 from . import model_folder, onnx_graphs
 from .decoder import DecoderLayout
@@ -24,7 +25,6 @@ from .parity_prompt import build_parity_prompt
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8", "q4", "q4f16")
 GREEDY_STEPS = 32
 
 

@@ -11,29 +11,21 @@ import logging
 import shutil
 from pathlib import Path
 
+from edgevid.model.folder_format import FORMAT_VERSION, GRAPH_DIR, GRAPH_FILES, GRAPHS, SUFFIX, graph_files  # noqa: F401
+
 from .decoder import DecoderLayout
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2          # folder contract 2: graphs found by name in onnx/, edgevid.json optional
-GRAPH_DIR = "onnx"
 SIDE_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
 )
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder")
-GRAPH_FILES = {"vision_encoder": "vision_encoder", "embed_tokens": "embed_tokens", "decoder": "decoder_model_merged"}
-SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
+GRAPH_NAMES = GRAPHS
 # transformers.js loads an audio encoder for every Gemma4ForConditionalGeneration
 AUDIO_ENCODER = "audio_encoder"
 PREPROCESSOR_CONFIG = {"processor_class": "Gemma4Processor"}
-
-
-def graph_files(precision: str, directory: str = GRAPH_DIR) -> dict:
-    """{"vision_encoder": "onnx/vision_encoder_q4.onnx", ...} for a precision."""
-    prefix = f"{directory}/" if directory not in ("", ".") else ""
-    return {key: f"{prefix}{stem}{SUFFIX[precision]}.onnx" for key, stem in GRAPH_FILES.items()}
 
 
 def existing_graph_files(folder: Path, precision: str) -> dict:

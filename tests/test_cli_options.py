@@ -46,7 +46,10 @@ def test_model_commands_share_each_option(name):
 def test_choices_are_the_runtime_names_and_defaults_the_library_ones():
     opts = options("run")
     assert tuple(opts["device"].type.choices) == DEVICES
-    assert tuple(opts["precision"].type.choices) == PRECISIONS
+    assert set(PRECISIONS) <= set(opts["precision"].type.choices)            # what export writes, and more
+    assert opts["precision"].type.convert("decoder=q4f16,vision=fp16", None, None) == "decoder=q4f16,vision=fp16"
+    with pytest.raises(click.BadParameter, match="unknown precision 'int3'"):
+        opts["precision"].type.convert("int3", None, None)
     assert sorted(opts["model"].opts) == ["--model", "-m"]
     defaults = GenerationOptions()
     for field in ("max_tokens", "temperature", "top_p", "top_k", "seed"):

@@ -19,10 +19,11 @@ import functools
 import click
 
 from edgevid import bundled_demo
-from edgevid.model.folder_format import PRECISIONS
+from edgevid.model.folder_format import RUNTIME_SUFFIXES
 from edgevid.model.generate import GenerationOptions
 from edgevid.model.providers import DEVICES
 
+RUNTIME_PRECISIONS = tuple(RUNTIME_SUFFIXES)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationOptions)}
 
 
@@ -39,10 +40,30 @@ def model_options(command):
                         help="Model folder written by `edgevid export`.")(wrapper)
 
 
+class PrecisionSpec(click.ParamType):
+    """``q4``, or one precision per graph (``decoder=q4f16,vision=fp16``), as ``ModelFolder.select_graphs``
+    takes it; ``choices`` are the single names."""
+
+    name = "PRECISION"
+    choices = RUNTIME_PRECISIONS
+
+    def convert(self, value, param, ctx):
+        from edgevid.errors import ModelFolderError
+        from edgevid.model.manifest import parse_precision_spec
+
+        try:
+            parse_precision_spec(value)
+        except ModelFolderError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
 def device_options(command):
-    """``--device`` and ``--precision`` as choices, the names the runtime accepts."""
-    command = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-                           help="Graph precision (the model folder must hold it).")(command)
+    """``--device`` as a choice and ``--precision`` (a name or one per graph), the names the runtime accepts."""
+    command = click.option("--precision", type=PrecisionSpec(), default="fp32", show_default=True,
+                           help=f"Graph precision: {', '.join(RUNTIME_PRECISIONS)}, or per graph as "
+                                "decoder=q4f16,vision=fp16; a graph the folder lacks it for takes the nearest "
+                                "(docs/models.md).")(command)
     return click.option("--device", type=click.Choice(DEVICES, case_sensitive=False), default="auto",
                         show_default=True,
                         help="Execution provider; auto = CUDA, then DirectML, then OpenVINO, then CPU.")(command)

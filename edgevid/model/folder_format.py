@@ -1,18 +1,30 @@
-"""The model folder's ``edgevid.json``: one definition that the writer (``edgevid_export.model_folder``)
-and the reader (:mod:`edgevid.model.manifest`) share, so the two cannot drift apart."""
+"""The model folder's layout and ``edgevid.json``: one definition that the writer
+(``edgevid_export.model_folder``) and the reader (:mod:`edgevid.model.manifest`) share, so the two cannot
+drift apart.
+
+Format 2 is onnx-community's layout (what transformers.js loads): graphs in ``onnx/<graph><suffix>.onnx``,
+``edgevid.json`` optional and only adding facts. Format 1 folders (graphs at the root, ``edgevid.json``
+listing them) still load.
+"""
 from __future__ import annotations
 
 MANIFEST = "edgevid.json"
-FORMAT_VERSION = 1                         # what export writes
-SUPPORTED_FORMAT_VERSIONS = (1,)           # what the runtime reads
+FORMAT_VERSION = 2                         # what export writes
+SUPPORTED_FORMAT_VERSIONS = (1, 2)         # what the runtime reads
+GRAPH_DIR = "onnx"
 
-PRECISIONS = ("fp32", "fp16", "int8", "q4")
+PRECISIONS = ("fp32", "fp16", "int8", "q4", "q4f16")     # what export writes
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder")
 # graph key -> file stem; precision -> file suffix (onnx-community's names)
 GRAPH_FILES = {"vision_encoder": "vision_encoder", "embed_tokens": "embed_tokens", "decoder": "decoder_model_merged"}
-SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4"}
+SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
+# every suffix a folder may hold, named as transformers.js names them (utils/dtypes.js): "q8" is the 8-bit
+# dynamic quantisation shipped as ``_quantized``, which edgevid's export calls int8
+RUNTIME_SUFFIXES = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "int8": "_int8", "uint8": "_uint8",
+                    "q4": "_q4", "q4f16": "_q4f16", "bnb4": "_bnb4"}
 
 
-def graph_files(precision: str) -> dict[str, str]:
-    """``{"vision_encoder": "vision_encoder_q4.onnx", ...}`` for a precision."""
-    return {key: f"{stem}{SUFFIX[precision]}.onnx" for key, stem in GRAPH_FILES.items()}
+def graph_files(precision: str, directory: str = GRAPH_DIR) -> dict[str, str]:
+    """``{"vision_encoder": "onnx/vision_encoder_q4.onnx", ...}`` for a precision (``directory="."``: the root)."""
+    prefix = f"{directory}/" if directory not in ("", ".") else ""
+    return {key: f"{prefix}{stem}{SUFFIX[precision]}.onnx" for key, stem in GRAPH_FILES.items()}

@@ -19,25 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from edgevid.errors import ModelFolderError
+from edgevid.model.folder_format import (
+    GRAPH_DIR, GRAPH_FILES, GRAPHS, MANIFEST, RUNTIME_SUFFIXES, SUPPORTED_FORMAT_VERSIONS,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "edgevid.json"
-REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
-GRAPHS = ("vision_encoder", "embed_tokens", "decoder")
-GRAPH_STEMS = {"vision_encoder": "vision_encoder", "embed_tokens": "embed_tokens", "decoder": "decoder_model_merged"}
 _GRAPH_ALIASES = {"decoder_model_merged": "decoder", "vision": "vision_encoder", "embed": "embed_tokens"}
-# the folder contract: 1 = edgevid.json lists every graph file (root layout); 2 = graphs found by name in
-# onnx/ (or the root), edgevid.json optional and only adding facts
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
-GRAPH_DIRS = ("onnx", ".")
-# precision name -> file suffix, as transformers.js names them (utils/dtypes.js); "q8" is the 8-bit
-# dynamic quantisation onnx-community ships as ``_quantized`` (edgevid calls it int8 too, see _ALIASES)
-SUFFIXES = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "int8": "_int8", "uint8": "_uint8",
-            "q4": "_q4", "q4f16": "_q4f16", "bnb4": "_bnb4"}
+REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+GRAPH_STEMS = GRAPH_FILES
+GRAPH_DIRS = (GRAPH_DIR, ".")
+SUFFIXES = RUNTIME_SUFFIXES
 PRECISIONS = tuple(SUFFIXES)
-_ALIASES = {"int8": ("q8", "uint8"), "q8": ("int8", "uint8"), "uint8": ("q8", "int8")}
 # a graph without the asked-for precision takes the first of these that exists: 4-bit asks stay small,
 # the rest prefer accuracy (fp16 last before fp32-less folders: fp16 Gemma overflows in some runtimes)
 _FALLBACK = {
