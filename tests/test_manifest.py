@@ -160,6 +160,8 @@ def test_precision_per_graph_and_nearest_available(tmp_path, caplog):
         model.select_graphs("embed=fp16")                                   # asked per graph: exactly that
     with pytest.raises(ModelFolderError, match="unknown graph 'lm_head'"):
         model.select_graphs("lm_head=q4")
+    with pytest.raises(ModelFolderError, match="precision 'bnb4' is not in .*; available: fp32, fp16, q8, q4"):
+        model.select_graphs("bnb4")                                         # no graph has it at all
 
 
 def test_graphs_at_the_root_and_in_onnx(tmp_path):

@@ -31,6 +31,8 @@ GRAPH_STEMS = GRAPH_FILES
 GRAPH_DIRS = (GRAPH_DIR, ".")
 SUFFIXES = RUNTIME_SUFFIXES
 PRECISIONS = tuple(SUFFIXES)
+# 8-bit files under another name count as the asked-for precision being in the folder
+_SAME_BITS = {"int8": {"q8", "uint8"}, "q8": {"int8", "uint8"}, "uint8": {"q8", "int8"}}
 # a graph without the asked-for precision takes the first of these that exists: 4-bit asks stay small,
 # the rest prefer accuracy (fp16 last before fp32-less folders: fp16 Gemma overflows in some runtimes)
 _FALLBACK = {
@@ -208,9 +210,14 @@ class ModelFolder:
 
     def select_graphs(self, spec: str = "fp32") -> GraphSelection:
         """One graph file per graph for a precision spec: ``q4`` (each graph at q4, or the nearest precision
-        it has: see ``_FALLBACK``), ``decoder=q4f16,vision=fp16`` (exactly those; the others at fp32, or
-        the nearest) or both (``q4,vision=fp32``). A precision edgevid.json lists is taken exactly."""
+        it has: see ``_FALLBACK``; a precision no graph of the folder has is an error),
+        ``decoder=q4f16,vision=fp16`` (exactly those; the others at fp32, or the nearest) or both
+        (``q4,vision=fp32``). A precision edgevid.json lists is taken exactly."""
         default, exact = parse_precision_spec(spec)
+        held = {p for g in GRAPHS for p in self.graph_precisions(g)} | set(self.precisions)
+        if not ({default} | _SAME_BITS.get(default, set())) & held and len(exact) < len(GRAPHS):
+            raise ModelFolderError(f"precision {default!r} is not in {self.path}; available: "
+                                   f"{', '.join(self.available_precisions) or 'none'}", source=str(self.path))
         paths, chosen = {}, {}
         for graph in GRAPHS:
             if graph in exact:
