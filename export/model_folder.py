@@ -11,7 +11,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from edgevid.model.folder_format import FORMAT_VERSION, GRAPH_DIR, GRAPH_FILES, GRAPHS, SUFFIX, graph_files  # noqa: F401
+from edgevid.model.folder_format import (  # noqa: F401  (the schema the runtime reads: one definition)
+    FORMAT_VERSION, GRAPH_DIR, GRAPH_FILES, GRAPHS as GRAPH_NAMES, MANIFEST, SUFFIX, graph_files,
+)
 
 from .decoder import DecoderLayout
 
@@ -22,7 +24,6 @@ SIDE_FILES = (
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
 )
-GRAPH_NAMES = GRAPHS
 # transformers.js loads an audio encoder for every Gemma4ForConditionalGeneration
 AUDIO_ENCODER = "audio_encoder"
 PREPROCESSOR_CONFIG = {"processor_class": "Gemma4Processor"}
@@ -213,6 +214,6 @@ def write_manifest(output: Path, *, config, layout: DecoderLayout, source: str, 
         "decoder": decoder_facts(config, layout),
         "parity": parity if parity is not None else {"skipped": True},
     }
-    path = output / "edgevid.json"
+    path = output / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

@@ -213,15 +213,14 @@ def test_rejects_other_checkpoints(tmp_path):
         export_model(folder, tmp_path / "out", precisions=("fp8",), progress=lambda line: None)
 
 
-def test_large_graphs_go_to_external_data(tmp_path, monkeypatch):
-    """Past the size limit a graph is written as <graph>.onnx + <graph>.onnx_data and still loads; the
+def test_embed_graph_keeps_its_tables_in_external_data(tmp_path):
+    """``embed_tokens.onnx`` is written as a small graph + ``embed_tokens.onnx_data`` and loads; the
     hand-written embed graph equals the PyTorch lookup (placeholders -> pad, scales, per-layer reshape)."""
     import torch
     from edgevid_export import onnx_graphs
     from edgevid_export.encoders import EmbedTokensGraph
     from gemma_configs import build_random_model, e2b_like_config
 
-    monkeypatch.setattr(onnx_graphs, "TWO_GB", 1024)
     model = build_random_model(e2b_like_config(), seed=1)
     path = onnx_graphs.export_embed_tokens(model, tmp_path / "embed_tokens.onnx")
     data = tmp_path / "embed_tokens.onnx_data"
@@ -267,14 +266,13 @@ def test_quantised_precisions_are_measured(exported):
     assert entries["fp16"]["prefill_max_abs_diff_vs_fp32"] < 0.1
 
 
-def test_decoder_with_external_data_runs(tmp_path, monkeypatch):
+def test_decoder_with_external_data_runs(tmp_path):
     """The torch-exported path past the size limit: ``decoder_model_merged.onnx`` + ``.onnx_data`` (after
     the dimensions are named) loads in onnxruntime; num_logits_to_keep 0 = all rows, 1 = the last."""
     from edgevid_export import onnx_graphs
     from gemma_configs import build_random_model, dense_config
 
     model = build_random_model(dense_config(), seed=2)
-    monkeypatch.setattr(onnx_graphs, "TWO_GB", 0)
     path = onnx_graphs.export_decoder(model, tmp_path / "decoder_model_merged.onnx")
     assert (tmp_path / "decoder_model_merged.onnx_data").stat().st_size > path.stat().st_size
     assert not (tmp_path / "decoder_model_merged.onnx.data").exists()

@@ -38,13 +38,9 @@ def test_trim_leaves_runs_it_cannot_shorten():
 
 
 @pytest.fixture(scope="module")
-def vision_graph(tmp_path_factory):
-    pytest.importorskip("torch")
+def vision_graph(e2b_model):
     pytest.importorskip("transformers")
-    from runtime_models import exported_model, models_root
-
-    _, model_dir = exported_model("e2b_like", models_root(tmp_path_factory))
-    return model_dir / "onnx" / "vision_encoder.onnx"
+    return e2b_model[1] / "onnx" / "vision_encoder.onnx"
 
 
 def test_trimmed_runs_equal_the_padded_graph_run(vision_graph):
