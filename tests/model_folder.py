@@ -11,12 +11,12 @@ import json
 import shutil
 from pathlib import Path
 
-from edgevid.model.folder_format import FORMAT_VERSION, MANIFEST, graph_files
+from edgevid.model.folder_format import MANIFEST, graph_files
 
 _BUILT: dict[str, Path] = {}   # one demo tokenizer build per test process (it takes seconds)
 
-FP32 = {**graph_files("fp32"), "size_bytes": 0}
-Q4 = {**graph_files("q4"), "size_bytes": 0}
+FP32 = {**graph_files("fp32", "."), "size_bytes": 0}      # a format 1 folder: graphs at the root
+Q4 = {**graph_files("q4", "."), "size_bytes": 0}
 
 
 def _demo_tokenizer_files(scratch: Path) -> Path:
@@ -40,7 +40,7 @@ def write_model_folder(out: Path, scratch: Path | None = None, *, graphs: bool =
         shutil.copy(file, out / file.name)
     ids = demo_token_ids()
     manifest = {
-        "format_version": FORMAT_VERSION, "model_type": "gemma4", "source": "demo",
+        "format_version": 1, "model_type": "gemma4", "source": "demo",
         "precisions": {"fp32": FP32, "q4": Q4},
         "video": {"num_frames": 32, "max_soft_tokens": 70, "default_fps": 24.0},
         "image": {"max_soft_tokens": 280},
@@ -62,6 +62,6 @@ def write_model_folder(out: Path, scratch: Path | None = None, *, graphs: bool =
         "bos_token_id": ids.bos, "pad_token_id": ids.pad, "eos_token_id": [ids.eos, ids.end_of_turn]}),
         encoding="utf-8")
     if graphs:
-        for name in graph_files("fp32").values():
+        for name in graph_files("fp32", ".").values():
             (out / name).write_bytes(b"")
     return out
