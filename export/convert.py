@@ -19,9 +19,13 @@ from edgevid.errors import ExportError
 from edgevid.model.folder_format import PRECISIONS      # one list with the CLI
 
 from . import model_folder, onnx_graphs
+from .checkpoint_tensors import CheckpointTensors
 from .decoder import DecoderLayout
 from .parity import FP32_TOLERANCE, OnnxGemma, ParityReport, compare, top1_agreement, torch_greedy, torch_noise
 from .parity_prompt import build_parity_prompt
+from .reference_model import load_reference_model
+from .resources import check_machine, estimate_needs
+from .skeleton import Skeleton
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,10 @@ class _Stages:
         return result
 
 
-def load_checkpoint(source: str):
-    """``Gemma4ForConditionalGeneration`` in float32, eval mode, plus the local folder (or None)."""
+def read_config(source: str):
+    """The checkpoint's ``Gemma4Config`` (audio dropped), after checking it is a Gemma 4 with vision."""
     try:
-        import torch
-        from transformers import AutoConfig, Gemma4ForConditionalGeneration
-        from transformers.utils import logging as transformers_logging
+        from transformers import AutoConfig
     except ImportError as exc:  # pragma: no cover - guarded by the CLI as well
         raise ExportError(f'edgevid export needs torch and transformers: pip install "edgevid[export]" ({exc})') from exc
     from .compat import check_version
@@ -68,6 +70,31 @@ def load_checkpoint(source: str):
         raise ExportError("the checkpoint has no vision tower (vision_config is null); edgevid needs one",
                           source=source)
     config.audio_config = None          # audio is out of scope: do not hold the audio tower's weights
+    return config
+
+
+def local_folder(source: str) -> Path | None:
+    """``source`` itself when it is a folder, else the hub snapshot with weights and side files."""
+    folder = Path(source)
+    if folder.is_dir():
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.json", *model_folder.SIDE_FILES]))
+    except Exception as exc:
+        log.info("no local snapshot of %s: %s", source, exc)
+        return None
+
+
+def load_checkpoint(source: str):
+    """``Gemma4ForConditionalGeneration`` in float32, eval mode, plus the local folder (or None)."""
+    import torch
+    from transformers import Gemma4ForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    config = read_config(source)
+    folder = Path(source)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()      # the skipped audio weights would print a long report
     transformers_logging.disable_progress_bar()     # our stage lines say what is happening
@@ -102,13 +129,16 @@ def _check_precisions(precisions) -> tuple[str, ...]:
     return chosen
 
 
-def export_graphs(model, output: Path, opset: int | None, stages: _Stages) -> dict:
+def export_graphs(model, output: Path, opset: int | None, stages: _Stages, weights=None) -> dict:
+    """The three fp32 graphs. ``weights`` = (skeleton, checkpoint tensors): ``model`` is weightless and the
+    weights are streamed from the checkpoint (``skeleton``)."""
     files = model_folder.graph_files("fp32")
     stages.run("vision encoder -> " + files["vision_encoder"], onnx_graphs.export_vision,
-               model, output / files["vision_encoder"], opset)
+               model, output / files["vision_encoder"], opset, weights)
     stages.run("embed tokens -> " + files["embed_tokens"], onnx_graphs.export_embed_tokens,
-               model, output / files["embed_tokens"], opset)
-    stages.run("decoder -> " + files["decoder"], onnx_graphs.export_decoder, model, output / files["decoder"], opset)
+               model, output / files["embed_tokens"], opset, weights)
+    stages.run("decoder -> " + files["decoder"], onnx_graphs.export_decoder, model, output / files["decoder"], opset,
+               weights)
     return files
 
 
@@ -196,10 +226,12 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
 
 
 def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, validate=True,
-                 progress: Callable[[str], None] = print, tolerance: float = FP32_TOLERANCE) -> Path:
+                 progress: Callable[[str], None] = print, tolerance: float = FP32_TOLERANCE,
+                 force: bool = False) -> Path:
     """Export ``model_id_or_dir`` into ``output_dir`` (see docs/ARCHITECTURE.md). Raises ``ExportError``
     on a bad checkpoint or a failed parity gate (prefill logits max |diff| > ``tolerance`` or any greedy
-    token different). Returns the output folder."""
+    token different), or before starting when the machine clearly lacks the memory or disk it needs
+    (``force`` skips that check). Returns the output folder."""
     chosen = _check_precisions(precisions)
     source = str(model_id_or_dir)
     output = Path(output_dir)
@@ -208,12 +240,30 @@ def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, 
     if stale.exists():
         stale.unlink()
     stages = _Stages(progress)
-    model, checkpoint = stages.run(f"load {source}", load_checkpoint, source)
-    files = export_graphs(model, output, opset, stages)
-    stages.run("config, tokenizer, template, processor", model_folder.copy_side_files, checkpoint, output, model, source)
+    config = read_config(source)
+    folder = local_folder(source)
+    tensors = CheckpointTensors.find(folder)
+    needs = estimate_needs(config, tensors, chosen, validate)
+    progress(needs.describe())
+    check_machine(needs, output, force=force)
+    if tensors is not None:            # safetensors: stream the weights, never hold the model in fp32
+        skeleton = stages.run(f"read {source} (shapes only)", Skeleton, config)
+        files = export_graphs(skeleton.model, output, opset, stages, weights=(skeleton, tensors))
+        stages.run("config, tokenizer, template, processor", model_folder.copy_side_files, folder, output,
+                   skeleton.model, source)
+        del skeleton
+        gc.collect()
+        model = stages.run("parity gate: load PyTorch reference (bf16 storage, fp32 compute)",
+                           load_reference_model, config, tensors) if validate else None
+    else:
+        model, folder = stages.run(f"load {source}", load_checkpoint, source)
+        files = export_graphs(model, output, opset, stages)
+        stages.run("config, tokenizer, template, processor", model_folder.copy_side_files, folder, output, model,
+                   source)
     parity, reference_onnx = None, None
     reference = stages.run("parity gate: PyTorch reference", torch_reference, model) if validate else None
-    config = _release(model)
+    if model is not None:
+        config = _release(model)
     del model
     if validate:
         report, reference_onnx = stages.run("parity gate (onnxruntime vs PyTorch)", onnx_parity,
@@ -247,7 +297,13 @@ def verify_export(model_id_or_dir, output_dir, progress: Callable[[str], None] =
     if missing:
         raise ExportError(f"not an exported folder: missing {', '.join(missing)}", source=str(output))
     stages = _Stages(progress)
-    model, _ = stages.run(f"load {model_id_or_dir}", load_checkpoint, str(model_id_or_dir))
+    source = str(model_id_or_dir)
+    tensors = CheckpointTensors.find(local_folder(source))
+    if tensors is not None:
+        model = stages.run(f"load {source} (bf16 storage, fp32 compute)", load_reference_model,
+                           read_config(source), tensors)
+    else:
+        model, _ = stages.run(f"load {source}", load_checkpoint, source)
     reference = stages.run("parity gate: PyTorch reference", torch_reference, model)
     config = _release(model)
     del model

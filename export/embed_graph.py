@@ -23,32 +23,54 @@ OPSET = 18
 CHUNK_ROWS = 8192
 
 
-def _table(tensor) -> np.ndarray:
-    return tensor.detach().float().contiguous().numpy()        # a view of the fp32 storage, no copy
+class _Table:
+    """An embedding table read in row chunks as fp32: from the model's tensor, or from the checkpoint
+    (bf16 -> fp32 per chunk, never the whole table in memory)."""
+
+    def __init__(self, tensor=None, checkpoint=None, key: str | None = None):
+        self.tensor, self.checkpoint, self.key = tensor, checkpoint, key
+        self.shape = tuple(checkpoint.infos[key].shape) if checkpoint is not None else tuple(tensor.shape)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.checkpoint is not None:
+            return self.checkpoint.read(self.key, start, stop).astype(np.float32, copy=False)
+        return self.tensor[start:stop].detach().float().contiguous().numpy()
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
 
 
-def _external_tensor(name: str, array: np.ndarray, data_file, data_path: Path):
+def _external_tensor(name: str, table: _Table, data_file, data_path: Path):
     """TensorProto pointing into ``data_file`` (written now, in row chunks, from an aligned offset)."""
     from onnx import TensorProto
 
     offset = pad_to_alignment(data_file)
-    for start in range(0, array.shape[0], CHUNK_ROWS):
-        data_file.write(np.ascontiguousarray(array[start:start + CHUNK_ROWS]).tobytes())
-    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
-    mark_external(tensor, data_path.name, offset, array.nbytes)
+    for start in range(0, table.shape[0], CHUNK_ROWS):
+        data_file.write(np.ascontiguousarray(table.rows(start, start + CHUNK_ROWS)).tobytes())
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(table.shape))
+    mark_external(tensor, data_path.name, offset, table.nbytes)
     return tensor
 
 
-def write_embed_graph(model, path: Path) -> Path:
+def write_embed_graph(model, path: Path, checkpoint=None) -> Path:
+    """``checkpoint`` (``CheckpointTensors``): read the tables from it instead of from ``model``'s weights
+    (then ``model`` may be a weightless skeleton)."""
     from onnx import TensorProto, helper, numpy_helper, save
 
     config = model.config
     text_config = config.get_text_config()
     text = model.model.language_model
-    tables = {"embed_tokens.weight": _table(text.embed_tokens.weight)}
     per_layer = bool(text_config.hidden_size_per_layer_input)
+
+    def table(attr: str) -> _Table:
+        if checkpoint is not None:
+            return _Table(checkpoint=checkpoint, key=f"model.language_model.{attr}.weight")
+        return _Table(tensor=getattr(text, attr).weight)
+
+    tables = {"embed_tokens.weight": table("embed_tokens")}
     if per_layer:
-        tables["embed_tokens_per_layer.weight"] = _table(text.embed_tokens_per_layer.weight)
+        tables["embed_tokens_per_layer.weight"] = table("embed_tokens_per_layer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data_path = path.with_name(path.name + "_data")
@@ -91,7 +113,7 @@ def write_embed_graph(model, path: Path) -> Path:
         outputs.append(helper.make_tensor_value_info("per_layer_inputs", TensorProto.FLOAT,
                                                      ["batch_size", "sequence_length", layers, dim]))
     with open(data_path, "wb") as data_file:
-        big = [_external_tensor(name, array, data_file, data_path) for name, array in tables.items()]
+        big = [_external_tensor(name, t, data_file, data_path) for name, t in tables.items()]
     graph = helper.make_graph(
         nodes, "embed_tokens",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])],

@@ -30,10 +30,13 @@ OPTIMIZE = True          # onnxscript's optimizer (constant folding, cleanup) be
 AUTO = torch.export.Dim.DYNAMIC     # dynamic, and an error (not a silent constant) if export specialises
 
 
-def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int | None):
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int | None,
+            weights=None):
+    """``weights`` = (``skeleton.Skeleton``, ``CheckpointTensors``) when ``module`` belongs to a weightless
+    skeleton: the weights are then bound to the checkpoint and streamed into the data file (``skeleton``)."""
     kwargs = dict(
         input_names=list(input_names), output_names=list(output_names), dynamic_shapes=dynamic_shapes,
-        dynamo=True, external_data=True, optimize=OPTIMIZE, verbose=False,
+        dynamo=True, external_data=True, optimize=OPTIMIZE and weights is None, verbose=False,
     )
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -42,6 +45,15 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes,
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(args), None, **kwargs)
+    if weights is not None:
+        from .skeleton import bind_weights, fold_weight_transposes, optimize_without_weights
+
+        skeleton, checkpoint = weights
+        bound = bind_weights(program.model, module, skeleton, checkpoint)
+        folded = fold_weight_transposes(program.model)
+        if OPTIMIZE:
+            optimize_without_weights(program.model)
+        log.info("%s: %d weights streamed from the checkpoint (%d read transposed)", path.name, bound, folded)
     integer_clips_as_max(program.model.graph)
     _save(program, path)
     del program
@@ -179,8 +191,12 @@ def rows_per_soft_token(path: Path, pooling_kernel_size: int) -> None:
     onnx.save(model, str(path))
 
 
-def export_vision(model, path: Path, opset=None) -> Path:
-    vision = model.config.vision_config
+def _in_mode(weights, fn):
+    """``fn()`` inside the skeleton's fake mode when exporting from a skeleton (its inputs must be fake too)."""
+    return weights[0].example(fn) if weights is not None else fn()
+
+
+def vision_example_inputs(vision):
     patch_dim = 3 * vision.patch_size ** 2
     frames, patches = 2, 2 * vision.pooling_kernel_size ** 2
     pixel_values = torch.rand(frames, patches, patch_dim)
@@ -188,18 +204,23 @@ def export_vision(model, path: Path, opset=None) -> Path:
     grid = torch.stack(torch.meshgrid(torch.arange(2 * side), torch.arange(side), indexing="xy"), -1).reshape(-1, 2)
     positions = grid.unsqueeze(0).repeat(frames, 1, 1).long()
     positions[1, side * side:] = -1                       # second frame half padding
+    return pixel_values, positions
+
+
+def export_vision(model, path: Path, opset=None, weights=None) -> Path:
+    args = _in_mode(weights, lambda: vision_example_inputs(model.config.vision_config))
     dyn = ({0: AUTO, 1: AUTO}, {0: AUTO, 1: AUTO})
-    _export(VisionEncoderGraph(model).eval(), (pixel_values, positions), path,
-            ["pixel_values", "pixel_position_ids"], ["image_features"], dyn, opset)
-    rows_per_soft_token(path, vision.pooling_kernel_size)
+    _export(VisionEncoderGraph(model).eval(), args, path,
+            ["pixel_values", "pixel_position_ids"], ["image_features"], dyn, opset, weights)
+    rows_per_soft_token(path, model.config.vision_config.pooling_kernel_size)
     name_dims(path, VISION_DIMS)
     return path
 
 
-def export_embed_tokens(model, path: Path, opset=None) -> Path:
+def export_embed_tokens(model, path: Path, opset=None, weights=None) -> Path:
     """Written by hand (``embed_graph``): two lookups, tables streamed to ``embed_tokens.onnx_data`` at
     aligned offsets (onnxruntime maps them), no export copies."""
-    return write_embed_graph(model, path)
+    return write_embed_graph(model, path, checkpoint=weights[1] if weights is not None else None)
 
 
 def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
@@ -225,11 +246,11 @@ def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
     return args, dyn
 
 
-def export_decoder(model, path: Path, opset=None) -> Path:
+def export_decoder(model, path: Path, opset=None, weights=None) -> Path:
     graph = DecoderGraph(model).eval()
-    args, dyn = decoder_example_inputs(graph)
+    args, dyn = _in_mode(weights, lambda: decoder_example_inputs(graph))
     names, outputs = graph.layout.input_names(), graph.layout.output_names()
-    _export(graph, args, path, names, outputs, (tuple(dyn),), opset)
+    _export(graph, args, path, names, outputs, (tuple(dyn),), opset, weights)
     name_dims(path, decoder_dims(names, outputs))
     return path
 

@@ -70,13 +70,15 @@ def _progress(line: str) -> None:
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Parity gate: largest allowed prefill logit difference (fp32), raised to 10x PyTorch's own "
                    "spread (sdpa vs eager) when that is larger.")
+@click.option("--force", is_flag=True,
+              help="Start even when the estimated memory or disk need exceeds what this machine has.")
 @click.option("--verify", is_flag=True, help="Only re-run the parity gate on an existing --output folder.")
 @click.option("--demo", is_flag=True,
               help="Retrain the demo model from scratch and export it: about 95 minutes of CPU. The trained demo "
                    "already ships with edgevid (`edgevid run --demo`); this is for changing its recipe.")
 @click.option("--random-demo", is_flag=True,
               help="The demo architecture with random weights (seconds): for trying the export; answers are noise.")
-def export(model, output, precision, opset, no_validate, tolerance, verify, demo, random_demo):
+def export(model, output, precision, opset, no_validate, tolerance, force, verify, demo, random_demo):
     """Convert a Gemma 4 checkpoint into a verified ONNX model folder."""
     precisions = _precisions(precision)
     if demo and random_demo:
@@ -103,7 +105,7 @@ def export(model, output, precision, opset, no_validate, tolerance, verify, demo
                    f"{report.greedy_steps} greedy tokens identical")
         return
     folder = convert.export_model(model, output, precisions=precisions, opset=opset,
-                                  validate=not no_validate, progress=_progress, tolerance=tolerance)
+                                  validate=not no_validate, progress=_progress, tolerance=tolerance, force=force)
     click.echo(str(folder))
 
 
