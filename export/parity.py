@@ -59,22 +59,26 @@ class Decoded:
     noise: float = 0.0              # reference only: see torch_noise
 
 
-def _session(path: Path):
+def _session(path: Path, mapped: bool = False):
+    """``mapped``: no weight pre-packing, so onnxruntime computes from the mapped external data in place
+    (the gate's memory then stays bounded with ``mapped_pages.TrimMappedPages``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if mapped:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxGemma:
     """Runs a folder's vision / embed / decoder graphs with onnxruntime (float32 or float16 I/O)."""
 
-    def __init__(self, folder: Path, files: dict, layout: DecoderLayout, video_token_id: int):
+    def __init__(self, folder: Path, files: dict, layout: DecoderLayout, video_token_id: int, mapped: bool = False):
         folder = Path(folder)
-        self.vision = _session(folder / files["vision_encoder"])
-        self.embed = _session(folder / files["embed_tokens"])
-        self.decoder = _session(folder / files["decoder"])
+        self.vision = _session(folder / files["vision_encoder"], mapped)
+        self.embed = _session(folder / files["embed_tokens"], mapped)
+        self.decoder = _session(folder / files["decoder"], mapped)
         self.layout = layout
         self.video_token_id = video_token_id
         self.inputs = {i.name: i for i in self.decoder.get_inputs()}

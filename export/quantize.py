@@ -9,9 +9,11 @@ own tools, plus ``top1_agreement`` to measure a variant against the fp32 decoder
   tables), activations quantised per call. Weights use 7 bits (``reduce_range``): on CPUs without VNNI
   (AVX2 only) onnxruntime's u8 x s8 kernel sums pairs of products in saturating int16, and full-range
   weights overflowed it (see ``_to_int8``).
-- ``q4``: ``MatMulNBitsQuantizer`` — 4-bit symmetric blocks of 32 for MatMul weights (``MatMulNBits``) and
-  embedding tables (``GatherBlockQuantized``), RTN, computed with int8 activations (``accuracy_level=4``,
-  onnxruntime's VNNI kernels). The vision encoder of a q4 folder is int8 instead (see :data:`GRAPH_SCHEMES`).
+- ``q4``: 4-bit symmetric blocks of 32 for MatMul weights (``MatMulNBits``) and embedding tables
+  (``GatherBlockQuantized``), RTN as onnxruntime's ``MatMulNBitsQuantizer`` (its packing kernel), computed with
+  int8 activations (``accuracy_level=4``, onnxruntime's VNNI kernels), streamed one weight at a time
+  (``quantize_q4``: the fp32 graphs of E2B do not fit in memory). The vision encoder of a q4 folder is int8
+  instead (see :data:`GRAPH_SCHEMES`).
 
 Graphs stored with external data are read with it; a result whose weights pass 2 GB is written with
 ``<name>.onnx_data`` beside it (the onnx-community layout), otherwise as one file. ``mapped_tables=True``
@@ -88,8 +90,9 @@ def quantize_graph(src_onnx, dst_onnx, precision: str, mapped_tables: bool = Fal
         raise ExportError(f"refusing to overwrite the source graph {src}", source=str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
     _remove_graph(dst)
-    {"fp16": _to_fp16, "int8": _to_int8, "q4": _to_q4}[scheme_for(precision, graph)](src, dst)
-    if mapped_tables:
+    scheme = scheme_for(precision, graph)
+    {"fp16": _to_fp16, "int8": _to_int8, "q4": _to_q4}[scheme](src, dst)
+    if mapped_tables and scheme != "q4":          # q4 writes its tables aligned already
         save_with_mapped_tables(load_graph(dst), dst)
     _check_loads(dst)
     return dst
@@ -393,19 +396,13 @@ def _to_int8(src: Path, dst: Path) -> None:
 
 
 def _to_q4(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer,
-    )
+    """Streamed (``quantize_q4``): one weight in memory at a time, aligned external data written directly."""
+    from .progress import Bar
+    from .quantize_q4 import quantize_q4_streamed
 
-    model = load_graph(src)
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=Q4_BLOCK, is_symmetric=True, accuracy_level=Q4_ACCURACY_LEVEL, bits=4,
-        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)),
-    )
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    with np.errstate(divide="ignore", invalid="ignore"):   # all-zero blocks (e.g. the pad row) get scale 0
-        quantizer.process()
-    save_graph(quantizer.model.model, dst)
+    with Bar(f"q4 {dst.name}") as bar:
+        counts = quantize_q4_streamed(src, dst, progress=bar.update)
+    log.info("q4 %s: %s", dst.name, counts)
 
 
 # ---- files -----------------------------------------------------------------------------------------------

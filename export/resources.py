@@ -55,8 +55,10 @@ def _groups(config, tensors) -> dict:
             per_layer_total[index] = per_layer_total.get(index, 0) + numel
         elif name == "model.language_model.embed_tokens.weight":
             counts["embed"] += numel
+            continue                              # tables are read and written in row chunks
         elif name == "model.language_model.embed_tokens_per_layer.weight":
             counts["per_layer"] += numel
+            continue
         elif name != "lm_head.weight":
             counts["other"] += numel
         counts["largest"] = max(counts["largest"], numel)
