@@ -44,8 +44,23 @@ class _Stages:
         self.progress(f"edgevid export: {label} ...")
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
-        self.progress(f"edgevid export: {label} done in {time.perf_counter() - t0:.1f} s")
+        self.progress(f"edgevid export: {label} done in {time.perf_counter() - t0:.1f} s "
+                      f"(peak RSS so far {peak_rss_bytes() / 1024 ** 3:.2f} GB)")
         return result
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident-set high-water mark (what ``/usr/bin/time -v`` reports)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except ImportError:              # Windows
+        import psutil
+
+        return int(getattr(psutil.Process().memory_info(), "peak_wset", 0))
 
 
 def read_config(source: str):

@@ -45,9 +45,14 @@ def _external_tensor(name: str, table: _Table, data_file, data_path: Path):
     """TensorProto pointing into ``data_file`` (written now, in row chunks, from an aligned offset)."""
     from onnx import TensorProto
 
+    from .progress import Bar
+
     offset = pad_to_alignment(data_file)
-    for start in range(0, table.shape[0], CHUNK_ROWS):
-        data_file.write(np.ascontiguousarray(table.rows(start, start + CHUNK_ROWS)).tobytes())
+    rows = table.shape[0]
+    with Bar(f"{name} ({table.nbytes / 1024 ** 3:.1f} GB)") as bar:
+        for start in range(0, rows, CHUNK_ROWS):
+            data_file.write(np.ascontiguousarray(table.rows(start, start + CHUNK_ROWS)).data)
+            bar.update(min(rows, start + CHUNK_ROWS), rows)
     tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(table.shape))
     mark_external(tensor, data_path.name, offset, table.nbytes)
     return tensor

@@ -98,7 +98,16 @@ def _save(program, path: Path) -> None:
         data.unlink()
     size = sum(int(t.const_value.nbytes) for t in program.model.graph.initializers.values() if t.const_value is not None)
     log.info("%s: %.2f GB of weights -> %s", path.name, size / 1024 ** 3, data.name)
-    onnx_ir.save(program.model, str(path), external_data=data.name, alignment=ALIGNMENT)
+    from .progress import Bar
+
+    with Bar(f"writing {data.name} ({size / 1024 ** 3:.1f} GB)") as bar:
+        written = [0]
+
+        def tick(tensor, info):
+            written[0] += 1
+            bar.update(written[0], info.total)
+
+        onnx_ir.save(program.model, str(path), external_data=data.name, alignment=ALIGNMENT, callback=tick)
 
 
 # graph input/output -> a name per axis (None: static, left as it is)
