@@ -5,7 +5,8 @@ The same result as onnxruntime's ``MatMulNBitsQuantizer`` (RTN, symmetric, block
 graph's weights: the fp32 decoder of E2B is 12 GB and the embedding graph 10 GB, and the quantizer holds the
 whole model plus copies. Here the graph structure is loaded alone, every weight is read from the source's
 external data file in row chunks with ordinary file reads (no mapping, so nothing stays resident), and the
-results are written to ``<dst>_data`` at 64 KiB-aligned offsets (onnxruntime maps them; ``mapped_tables``).
+results are written to ``<dst>_data``, tensors from 1 MiB at 64 KiB-aligned offsets (onnxruntime maps them;
+``mapped_tables``).
 
 - ``MatMul(x, W[K, N])`` -> ``MatMulNBits`` (com.microsoft; packed [N, K/32, 16] uint8, scales [N, K/32]).
 - ``Gather(T[V, D], ids)`` -> ``GatherBlockQuantized`` (com.microsoft; int4 [V, D], scales [V, D/32], blocks
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 BLOCK = 32
 ACCURACY_LEVEL = 4
 INLINE_BYTES = 4096
+ALIGN_BYTES = 1024 ** 2          # tensors from this size start at aligned offsets (mapped); smaller ones are packed
 CHUNK_BYTES = 128 * 1024 ** 2
 
 
@@ -115,9 +117,9 @@ class _Writer:
         self.data_path = data_path
         self.file = open(data_path, "wb")
 
-    def tensor(self, name: str, data_type: int, dims, chunks) -> TensorProto:
-        """An external TensorProto whose bytes come from ``chunks`` (an iterable of arrays)."""
-        offset = pad_to_alignment(self.file)
+    def tensor(self, name: str, data_type: int, dims, chunks, nbytes: int) -> TensorProto:
+        """An external TensorProto whose bytes (``nbytes`` of them) come from ``chunks`` (arrays)."""
+        offset = pad_to_alignment(self.file) if nbytes >= ALIGN_BYTES else self.file.tell()
         length = 0
         for chunk in chunks:
             raw = np.ascontiguousarray(chunk)
@@ -130,7 +132,7 @@ class _Writer:
     def array(self, name: str, array: np.ndarray) -> TensorProto:
         if array.nbytes < INLINE_BYTES:
             return onnx.numpy_helper.from_array(array, name)
-        return self.tensor(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, [array])
+        return self.tensor(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, [array], array.nbytes)
 
     def close(self):
         self.file.close()
@@ -246,7 +248,7 @@ def _quantize_table(reader, writer, table) -> tuple[TensorProto, TensorProto]:
             scales.append(scale)
             yield packed
 
-    q = writer.tensor(table.name + "_Q4", TensorProto.INT4, (rows, cols), packed_chunks())
+    q = writer.tensor(table.name + "_Q4", TensorProto.INT4, (rows, cols), packed_chunks(), rows * cols // 2)
     s = writer.array(table.name + "_scales", np.concatenate(scales, axis=0))
     return q, s
 
@@ -262,4 +264,4 @@ def _copy(reader, writer, tensor) -> TensorProto:
     if not shape:
         return writer.array(tensor.name, reader.rows(tensor, 0, 1).reshape(()))
     chunks = (reader.rows(tensor, start, min(rows, start + step)) for start in range(0, rows, step))
-    return writer.tensor(tensor.name, tensor.data_type, shape, chunks)
+    return writer.tensor(tensor.name, tensor.data_type, shape, chunks, rows * row_bytes)

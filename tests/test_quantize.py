@@ -195,7 +195,34 @@ def test_q4_uses_matmulnbits_block32_and_gather_block_quantized(block, tmp_path)
     assert [n.op_type for n in model.graph.node].count("GatherBlockQuantized") == 1
     feed = feed_for()
     assert rel_rms(run(block, feed), run(out, feed)) < 0.25
-    assert out.stat().st_size < 0.25 * block.stat().st_size
+    q4_bytes = out.stat().st_size + out.with_name(out.name + "_data").stat().st_size
+    assert q4_bytes < 0.25 * block.stat().st_size
+
+
+def test_streamed_q4_is_bit_identical_to_onnxruntimes_quantizer(block, tmp_path):
+    """quantize_q4 reads one weight at a time; its packed weights, scales and outputs equal
+    MatMulNBitsQuantizer's on the whole graph."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=32, is_symmetric=True, accuracy_level=4, bits=4,
+        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(block)), algo_config=config)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quantizer.process()
+    reference = tmp_path / "reference_q4.onnx"
+    onnx.save(quantizer.model.model, str(reference))
+    out = quantize_graph(block, tmp_path / "block_q4.onnx", "q4")
+    expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(reference)).graph.initializer}
+    written = {t.name: numpy_helper.to_array(t, base_dir=str(tmp_path)) for t in onnx.load(str(out)).graph.initializer}
+    quantized = [name for name in expected if name.endswith(("_Q4", "_scales"))]
+    assert len(quantized) >= 10
+    for name in quantized:
+        np.testing.assert_array_equal(written[name], expected[name], err_msg=name)
+    feed = feed_for()
+    np.testing.assert_array_equal(run(out, feed), run(reference, feed))
 
 
 def test_q4_is_exact_on_weights_already_on_the_grid(snapped_block, tmp_path):
@@ -219,17 +246,26 @@ def test_external_data_in_and_out(block, tmp_path, monkeypatch):
     assert (tmp_path / "ext.onnx_data").stat().st_size > src.stat().st_size
     feed = feed_for()
     ref = run(block, feed)
-    for precision in ("fp16", "int8", "q4"):
+    for precision in ("fp16", "int8"):
         out = quantize_graph(src, tmp_path / f"inline_{precision}.onnx", precision)
         assert not (tmp_path / f"inline_{precision}.onnx_data").exists()
         assert rel_rms(ref, run(out, feed)) < 0.25
     monkeypatch.setattr(quantize, "TWO_GB", 1024)       # force the "weights over 2 GB" layout
+    out = quantize_graph(src, tmp_path / "big_int8.onnx", "int8")
+    assert (tmp_path / "big_int8.onnx_data").is_file()
+    np.testing.assert_allclose(run(out, feed), run(tmp_path / "inline_int8.onnx", feed), rtol=1e-6, atol=1e-6)
+    # q4 is streamed: its weights always go to <name>.onnx_data, at aligned offsets
     out = quantize_graph(src, tmp_path / "big_q4.onnx", "q4")
     data = tmp_path / "big_q4.onnx_data"
     assert data.is_file() and data.stat().st_size > out.stat().st_size
-    np.testing.assert_allclose(run(out, feed), run(tmp_path / "inline_q4.onnx", feed), rtol=1e-6, atol=1e-6)
+    assert rel_rms(ref, run(out, feed)) < 0.25
+    placed = [{e.key: int(e.value) for e in t.external_data if e.key in ("offset", "length")}
+              for t in onnx.load(str(out), load_external_data=False).graph.initializer if t.external_data]
+    assert placed and all(p["offset"] % (64 * 1024) == 0 for p in placed if p["length"] >= 1024 ** 2)
+    first = run(out, feed)
     out = quantize_graph(src, tmp_path / "big_q4.onnx", "q4")   # overwriting replaces both files
     assert data.is_file()
+    np.testing.assert_array_equal(run(out, feed), first)
 
 
 def test_bad_arguments_raise_export_error(block, tmp_path):
