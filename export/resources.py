@@ -66,17 +66,19 @@ def _groups(config, tensors) -> dict:
     return counts
 
 
-def estimate_needs(config, tensors, precisions, validate: bool = True) -> Needs:
+def estimate_needs(config, tensors, precisions, validate: bool = True, streamed: bool | None = None) -> Needs:
+    """``streamed``: whether the weights will be streamed (default: when ``tensors`` were found); an estimate
+    for a config without its checkpoint (E4B from E2B's measurement) passes True."""
     c = _groups(config, tensors)
     params = c["layers"] + c["embed"] + c["per_layer"] + c["other"]
     text = config.get_text_config()
-    logits = 700 * text.vocab_size * 4 * 3        # parity prompt (~650 tokens) logits, softcap temporaries
+    logits = 600 * text.vocab_size * 4 * 2        # the parity prompt's (~550 tokens) logits and a temporary
     decoder_fp32 = (c["layers"] + c["embed"] + c["other"]) * 4      # lm_head = the embedding table
     stages = {"graphs": BASE_BYTES + 3 * c["largest"] * 4}
-    streamed = tensors is not None
+    streamed = tensors is not None if streamed is None else streamed
     if streamed:
         stages["reference"] = (BASE_BYTES + c["layers"] * 2 + (c["embed"] + c["other"]) * 4
-                               + 2 * c["largest_layer"] * 4 + 2 * logits)
+                               + 2 * c["largest_layer"] * 4 + logits)
     else:
         stages["load"] = BASE_BYTES + params * 4 * 3
     if validate:
