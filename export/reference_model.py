@@ -7,7 +7,8 @@ exact. So here:
   widens its parameters, a hook narrows them back: the round trip is exact for bf16 values);
 - the per-layer embedding table (2 B values in E2B) is not loaded at all: a lookup reads its rows from the
   memory-mapped safetensors file and widens them (:class:`MappedEmbedding`);
-- everything else (embedding table / tied lm_head, vision tower, projections, norms) is fp32.
+- the tied embedding table is looked up the same way, and the lm_head reads it in row chunks per call;
+- everything else (vision tower, projections, norms) is fp32.
 The forward computes exactly what the fp32 model computes; only the storage differs.
 """
 from __future__ import annotations
@@ -34,12 +35,51 @@ def _mapped_embedding_class():
             self.table, self.dtype_name, self.scalar_embed_scale = table, dtype, scale
             self.register_buffer("embed_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
 
+        @property
+        def weight(self):
+            """Row access (``weight[pad_id, :]``, as transformers reads the pad row) widened to fp32."""
+            module = self
+
+            class Rows:
+                dtype, device = torch.float32, torch.device("cpu")
+                shape = torch.Size(module.table.shape)
+
+                def __getitem__(self, key):
+                    rows = np.asarray(module.table[key])
+                    rows = bf16_to_fp32(rows) if module.dtype_name == "BF16" else rows.astype(np.float32)
+                    return torch.from_numpy(np.ascontiguousarray(rows))
+
+            return Rows()
+
         def forward(self, input_ids):
             rows = np.asarray(self.table[input_ids.cpu().numpy()])
             rows = bf16_to_fp32(rows) if self.dtype_name == "BF16" else rows.astype(np.float32)
             return torch.from_numpy(rows) * self.embed_scale
 
     return MappedEmbedding
+
+
+def _streamed_head_class():
+    import torch
+    from torch import nn
+
+    class StreamedHead(nn.Module):
+        """The tied lm_head over the checkpoint's table, read in row chunks per call and widened to fp32:
+        each logit is the same fp32 dot product, without holding the 262k x hidden table in fp32."""
+
+        def __init__(self, checkpoint, key: str, rows: int = 16384):
+            super().__init__()
+            self.checkpoint, self.key, self.rows = checkpoint, key, rows
+            self.vocab = checkpoint.infos[key].shape[0]
+
+        def forward(self, hidden):
+            parts = []
+            for start in range(0, self.vocab, self.rows):
+                weight = torch.from_numpy(self.checkpoint.read(self.key, start, start + self.rows))
+                parts.append(torch.matmul(hidden, weight.t()))
+            return torch.cat(parts, dim=-1)
+
+    return StreamedHead
 
 
 def _swap_dtype(module, dtype) -> None:
@@ -62,6 +102,14 @@ def load_reference_model(config, checkpoint: CheckpointTensors):
         info = checkpoint.infos[ple_key]
         text.embed_tokens_per_layer = _mapped_embedding_class()(
             checkpoint.memmap(ple_key), info.dtype, float(per_layer.scalar_embed_scale))
+    embed_key = "model.language_model.embed_tokens.weight"
+    if (config.tie_word_embeddings and embed_key in checkpoint and "lm_head.weight" not in checkpoint
+            and checkpoint.infos[embed_key].dtype in ("BF16", "F32")):
+        # the 262k-row table: looked up from the mapped file, and the lm_head reads it in chunks
+        info = checkpoint.infos[embed_key]
+        text.embed_tokens = _mapped_embedding_class()(checkpoint.memmap(embed_key), info.dtype,
+                                                      float(text.embed_tokens.scalar_embed_scale))
+        model.lm_head = _streamed_head_class()(checkpoint, embed_key)
     narrow = {}
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""

@@ -77,8 +77,9 @@ def estimate_needs(config, tensors, precisions, validate: bool = True, streamed:
     stages = {"graphs": BASE_BYTES + 3 * c["largest"] * 4}
     streamed = tensors is not None if streamed is None else streamed
     if streamed:
-        stages["reference"] = (BASE_BYTES + c["layers"] * 2 + (c["embed"] + c["other"]) * 4
-                               + 2 * c["largest_layer"] * 4 + logits)
+        # layers bf16, one widened; the tied table mapped and read in chunks (reference_model)
+        stages["reference"] = (BASE_BYTES + c["layers"] * 2 + c["other"] * 4 + 2 * c["largest_layer"] * 4
+                               + logits)
     else:
         stages["load"] = BASE_BYTES + params * 4 * 3
     if validate:
