@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from edgevid.errors import ExportError
+
 from .mapped_tables import mark_external, pad_to_alignment
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,10 @@ def quantize_q4_streamed(src: Path, dst: Path, progress=None) -> dict:
     """Write the q4 variant of ``src`` to ``dst`` (+ ``dst``_data). ``progress(done, total)`` is called per
     weight. Returns counts of what was quantised."""
     src, dst = Path(src), Path(dst)
-    model = onnx.load(str(src), load_external_data=False)
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"cannot read ONNX graph {src}: {exc}", source=str(src)) from exc
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     reader = _ExternalReader(src.parent)
