@@ -104,12 +104,15 @@ class Pipeline:
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", precision: str = "fp32", policy=None,
              *, threads: int | None = None, session_config: SessionConfig | None = None,
-             cache_bytes: int = 256 * 2**20, prefix_cache_bytes: int = PREFIX_CACHE_BYTES) -> "Pipeline":
+             cache_bytes: int = 256 * 2**20, prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+             spinning: bool = False) -> "Pipeline":
         """``cache_bytes``: media cache (frames + vision features by content); ``prefix_cache_bytes``: KV
         prefix cache (chat turns and repeated questions about the same media prefill only their new
-        tokens). 0 turns either off."""
+        tokens). 0 turns either off. ``spinning``: onnxruntime's intra-op threads busy-wait between ops —
+        faster when this process owns the cores (CLI ``run``, batch workers), slower where it shares them
+        with other work (a server beside its HTTP threads and media decoding); see docs/performance.md."""
         folder = ModelFolder.load(model_dir)
-        config = session_config or SessionConfig(threads=threads)
+        config = session_config or SessionConfig(threads=threads, spinning=spinning)
         choice = select_providers(device, installed_providers(), threads=config.threads)
         special = folder.special
         graphs = folder.select_graphs(precision)        # one precision per graph ("q4", "decoder=q4f16,...")
@@ -123,7 +126,9 @@ class Pipeline:
             from edgevid.media import SourcePolicy
 
             policy = SourcePolicy.permissive()
-        log.info("loaded %s (%s) on %s", folder.name, precision, decoder.provider)
+        log.info("loaded %s (%s) on %s, intra-op spinning %s, prefix cache %s", folder.name, precision,
+                 decoder.provider, "on" if config.spinning else "off",
+                 f"{prefix_cache_bytes // 2**20} MiB" if prefix_cache_bytes else "off")
         prefix = None
         if prefix_cache_bytes:
             prefix = PrefixCache(prefix_cache_bytes, decoder_identity(decoder.path, precision))

@@ -176,3 +176,11 @@ def test_prefill_bounds_end_chunks_at_anchors():
     assert prefill_bounds(10, 4, blocks, anchors=(2, 5)) == [(0, 4), (4, 5), (5, 9), (9, 10)]   # 2 is in a block
     # the cuts before an anchor do not depend on what follows it
     assert prefill_bounds(20, 4, anchors=(6,))[:2] == prefill_bounds(7, 4, anchors=(6,))[:2]
+
+
+def test_spinning_is_an_explicit_choice(model_dir):
+    for spinning, entry in ((True, "1"), (False, "0")):
+        pipeline = Pipeline.load(model_dir, device="cpu", threads=1, spinning=spinning, prefix_cache_bytes=0)
+        for graph in (pipeline.decoder, pipeline.embed, pipeline.vision):
+            options = graph.session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
