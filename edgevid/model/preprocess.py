@@ -210,7 +210,7 @@ def _resize_banded(frames, out, part, wide: _BandedAxis | None, tall: _BandedAxi
     planes = np.empty((c, h, w), dtype=np.float32)
     for i in part:
         for k, plane in enumerate(cv2.split(np.ascontiguousarray(frames[i]))):
-            np.subtract(plane, np.float32(128), out=planes[k])
+            cv2.subtract(plane, 128.0, dst=planes[k], dtype=cv2.CV_32F)
         x = planes.reshape(c * h, w)
         if wide is not None:                                  # along x: rows (channel, y)
             x = _round(_banded_columns(x, wide), recentre=tall is not None)
@@ -219,7 +219,7 @@ def _resize_banded(frames, out, part, wide: _BandedAxis | None, tall: _BandedAxi
             x = _round(np.stack([_banded_rows(x[k], tall) for k in range(c)]), recentre=False)
         else:
             x = x + np.float32(128) if wide is None else x
-        out[i] = x.reshape(c, height, width).transpose(1, 2, 0)
+        out[i] = cv2.merge(list(x.reshape(c, height, width).astype(np.uint8)))
 
 
 def _banded_columns(x: np.ndarray, axis: _BandedAxis) -> np.ndarray:
