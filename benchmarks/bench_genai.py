@@ -254,6 +254,9 @@ def main() -> None:
                 rows["edgevid"].append(run_side(a))
                 rows["genai"].append(run_side(b))
                 rows["load"].append(os.getloadavg()[0])
+                print(f"  {n} tokens, {ours} / {theirs}: " + " | ".join(
+                    f"TTFT {r['ttft_s']:.2f} s, {r['decode_tok_s']:.1f} tok/s, {r['peak_rss_mb']:.0f} MB"
+                    for r in (rows["edgevid"][-1], rows["genai"][-1])) + f" (load {rows['load'][-1]:.1f})", flush=True)
     if args.compare_spinning:
         print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians; A = edgevid spinning on, "
               f"B = off; {os.cpu_count()} CPUs\n")
