@@ -184,3 +184,15 @@ def test_spinning_is_an_explicit_choice(model_dir):
         for graph in (pipeline.decoder, pipeline.embed, pipeline.vision):
             options = graph.session.get_session_options()
             assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
+def test_spinning_follows_the_load_average(monkeypatch):
+    import os
+
+    from edgevid.model import sessions
+
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr(sessions.os, "getloadavg", lambda: (cpus * 2.0, 0.0, 0.0))
+    assert sessions.cores_look_free() is False
+    monkeypatch.setattr(sessions.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert sessions.cores_look_free() is True

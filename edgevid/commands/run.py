@@ -40,8 +40,10 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 @generation_options
 @device_options
 @click.option("--json", "as_json", is_flag=True, help="With -i: print one JSON object instead of streaming.")
-@click.option("--spin/--no-spin", "spinning", default=True, show_default=True,
-              help="onnxruntime threads busy-wait between ops: faster when this process has the cores to itself.")
+@click.option("--spin/--no-spin", "spinning", default=None,
+              help="onnxruntime threads busy-wait between ops: faster when this process has the cores to itself, "
+                   "much slower when other work shares them. Default: on unless the load average says the "
+                   "cores are busy.")
 @click.option("--prefix-cache-mb", type=click.IntRange(min=0), default=512, show_default=True,
               help="Chat: keep prefilled prompt prefixes (the video of earlier turns) up to this size; 0 = off.")
 def run(model_dir, demo, videos, images, prompt, num_frames, generation, device, precision, as_json, spinning,
@@ -54,6 +56,10 @@ def run(model_dir, demo, videos, images, prompt, num_frames, generation, device,
         raise InvalidRequestError("--json needs a one-shot prompt (-i)", param="json")
     # one question: nothing to reuse, and a stored prefix would only hold a second KV copy during decode
     prefix_bytes = 0 if prompt is not None else prefix_cache_mb * 2**20
+    if spinning is None:
+        from edgevid.model.sessions import cores_look_free
+
+        spinning = cores_look_free()
     pipeline = Pipeline.load(model_dir, device=device, precision=precision, spinning=spinning,
                              prefix_cache_bytes=prefix_bytes)
     media = [video_part(v) for v in videos] + [image_part(i) for i in images]
