@@ -131,14 +131,16 @@ def _resample_last_axis(x: np.ndarray, aw: _AxisWeights) -> np.ndarray:
     return np.clip(acc, 0, 255, out=acc).astype(np.uint8)
 
 
-def resize_bicubic_aa(frames: np.ndarray, height: int, width: int, workers: int | None = None) -> np.ndarray:
+def resize_bicubic_aa(frames: np.ndarray, height: int, width: int, workers: int | None = None, *,
+                      banded_only: bool = False) -> np.ndarray | None:
     """Resize uint8 ``[N, H, W, C]`` exactly as ``torch.nn.functional.interpolate(uint8, mode="bicubic",
     antialias=True, align_corners=False)`` does on CPU: width pass first, each pass rounded to uint8.
 
     Each pass runs as a few float32 matrix products over bands of the input (:class:`_BandedAxis`), exact
     because every partial sum is an integer below 2**24; an axis where that bound does not hold (a
     downscale beyond ~10x) takes the integer gather path instead. Frames are split over ``workers``
-    threads (default: CPU count, max 4), each with single-threaded BLAS.
+    threads (default: CPU count, max 4), each with single-threaded BLAS. ``banded_only``: None instead of
+    the integer path (a caller with its own integer fallback).
     """
     n, h, w, c = frames.shape
     if (h, w) == (height, width):
@@ -146,7 +148,7 @@ def resize_bicubic_aa(frames: np.ndarray, height: int, width: int, workers: int 
     wide = _banded_axis(w, width) if w != width else None
     tall = _banded_axis(h, height) if h != height else None
     if (w != width and wide is None) or (h != height and tall is None):
-        return _resize_gather(frames, height, width, workers)
+        return None if banded_only else _resize_gather(frames, height, width, workers)
     out = np.empty((n, height, width, c), dtype=np.uint8)
     workers = min(n, workers or min(4, os.cpu_count() or 1))
     parts = [range(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
