@@ -30,12 +30,15 @@ import numpy as np
 from edgevid.admission import AdmissionLimits, check_messages
 from edgevid.bundled_demo import demo_dir
 from edgevid.errors import InvalidRequestError
-from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key, vision_input_key
+from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key
 from edgevid.model.generate import (
-    GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, stream_generate,
+    GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, prefill, prompt_bounds, stream_generate,
 )
 from edgevid.model.manifest import ModelFolder
 from edgevid.model.media_parts import resolve_media_parts
+from edgevid.model.prefix_cache import (
+    DEFAULT_MAX_BYTES as PREFIX_CACHE_BYTES, MediaSpan, PrefixCache, PromptSignature, decoder_identity, media_digest,
+)
 from edgevid.model.prompt import Prompt, render_prompt
 from edgevid.model.providers import installed_providers, select_providers
 from edgevid.model.sessions import (
@@ -45,6 +48,8 @@ from edgevid.model.tokenizer import IncrementalDetokenizer, Tokenizer
 from edgevid.messages import MediaValue, user_message
 
 log = logging.getLogger(__name__)
+
+TURN_STARTS = ("<|turn>", "<start_of_turn>")     # Gemma 4's and Gemma 3's; prefill chunks end before them
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class Answer(str):
 class Pipeline:
     def __init__(self, folder: ModelFolder, tokenizer: Tokenizer, vision: VisionEncoderSession,
                  embed: EmbedSession, decoder: DecoderSession, *, precision: str = "fp32", policy=None,
-                 cache: MediaCache | None = None):
+                 cache: MediaCache | None = None, prefix_cache: PrefixCache | None = None):
         self.folder = folder
         self.tokenizer = tokenizer
         self.vision = vision
@@ -93,13 +98,21 @@ class Pipeline:
         self.cache = cache          # media reuse: frames + vision features by content (None = off)
         self.admission = AdmissionLimits()    # caps checked before any media is fetched or decoded
         self.encoder_id = None if cache is None else encoder_identity(vision.path, precision)
+        self.prefix_cache = prefix_cache    # prompt-prefix reuse: prefilled KV by exact prefix (None = off)
+        self.turn_start_ids = [i for i in (tokenizer.token_to_id(t) for t in TURN_STARTS) if i is not None]
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto", precision: str = "fp32", policy=None,
              *, threads: int | None = None, session_config: SessionConfig | None = None,
-             cache_bytes: int = 256 * 2**20) -> "Pipeline":
+             cache_bytes: int = 256 * 2**20, prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+             spinning: bool = False) -> "Pipeline":
+        """``cache_bytes``: media cache (frames + vision features by content); ``prefix_cache_bytes``: KV
+        prefix cache (chat turns and repeated questions about the same media prefill only their new
+        tokens). 0 turns either off. ``spinning``: onnxruntime's intra-op threads busy-wait between ops —
+        faster when this process owns the cores (CLI ``run``, batch workers), slower where it shares them
+        with other work (a server beside its HTTP threads and media decoding); see docs/performance.md."""
         folder = ModelFolder.load(model_dir)
-        config = session_config or SessionConfig(threads=threads)
+        config = session_config or SessionConfig(threads=threads, spinning=spinning)
         choice = select_providers(device, installed_providers(), threads=config.threads)
         special = folder.special
         graphs = folder.select_graphs(precision)        # one precision per graph ("q4", "decoder=q4f16,...")
@@ -113,9 +126,14 @@ class Pipeline:
             from edgevid.media import SourcePolicy
 
             policy = SourcePolicy.permissive()
-        log.info("loaded %s (%s) on %s", folder.name, precision, decoder.provider)
+        log.info("loaded %s (%s) on %s, intra-op spinning %s, prefix cache %s", folder.name, precision,
+                 decoder.provider, "on" if config.spinning else "off",
+                 f"{prefix_cache_bytes // 2**20} MiB" if prefix_cache_bytes else "off")
+        prefix = None
+        if prefix_cache_bytes:
+            prefix = PrefixCache(prefix_cache_bytes, decoder_identity(decoder.path, precision))
         return cls(folder, Tokenizer.from_folder(folder), vision, embed, decoder, precision=precision, policy=policy,
-                   cache=MediaCache(cache_bytes) if cache_bytes else None)
+                   cache=MediaCache(cache_bytes) if cache_bytes else None, prefix_cache=prefix)
 
     @classmethod
     def demo(cls, device: str = "auto", precision: str = "fp32", policy=None, **kwargs) -> "Pipeline":
@@ -186,22 +204,77 @@ class Pipeline:
         """Resolve media (see :meth:`resolve_media`), render the chat template, tokenize."""
         return render_prompt(self.resolve_media(messages, options, policy, use), self.folder, self.tokenizer)
 
-    def prompt_inputs(self, prompt: Prompt, use: CacheUse | None = None) -> PromptInputs:
-        """Vision-encode the prompt's media, embed its ids and merge the features in."""
-        features = [self._encode(m.vision, use) for m in prompt.media]
-        embeddings = self.embed.embed(prompt.input_ids)
+    def prompt_inputs(self, prompt: Prompt, use: CacheUse | None = None, offset: int = 0) -> PromptInputs:
+        """Vision-encode the prompt's media, embed its ids and merge the features in; from ``offset`` on
+        only (a prefix-cache hit holds the rest: media wholly before it are not encoded at all)."""
+        ids = prompt.input_ids
+        embeddings = self.embed.embed(ids[offset:])
+        where, features = [], []
+        for item, positions in zip(prompt.media, prompt.media_positions()):
+            if positions.size and positions[-1] >= offset:
+                features.append(self._encode(item.vision, use)[positions >= offset])
+                where.append(positions[positions >= offset] - offset)
         if features:
-            merge_vision_features(embeddings.inputs_embeds, prompt.media_positions(), features)
-        blocks = None
-        if self.decoder.needs_input_ids:      # bidirectional vision: keep each frame's tokens in one chunk
-            blocks = np.isin(prompt.input_ids, _placeholder_ids(self.folder))
-        return PromptInputs(prompt.input_ids, embeddings, blocks)
+            merge_vision_features(embeddings.inputs_embeds, where, features)
+        # bidirectional vision: blocks keep each frame's tokens in one chunk
+        return PromptInputs(ids, embeddings, self._blocks(ids), self.prefill_anchors(prompt), offset)
+
+    def prefill_anchors(self, prompt: Prompt) -> tuple[int, ...]:
+        """Where a prefill chunk must end: before every turn start and after every media item (its last
+        placeholder and closing ``<eoi>``), the places a later prompt (the chat's next turn, another
+        question about the same video) may start to differ."""
+        ids = prompt.input_ids
+        anchors = set(np.flatnonzero(np.isin(ids, self.turn_start_ids)).tolist()) if self.turn_start_ids else set()
+        eoi = self.folder.special.eoi
+        for positions in prompt.media_positions():
+            if positions.size:
+                end = int(positions[-1]) + 1
+                while end < len(ids) and ids[end] == eoi:
+                    end += 1
+                anchors.add(end)
+        return tuple(sorted(anchors))
+
+    def prompt_signature(self, prompt: Prompt) -> PromptSignature:
+        """The prefix-cache key of a prompt: its ids and each media item's content digest."""
+        spans = tuple(MediaSpan(int(p[0]), int(p[-1]) + 1, media_digest(m.vision))
+                      for m, p in zip(prompt.media, prompt.media_positions()) if p.size)
+        return PromptSignature(prompt.input_ids, spans)
+
+    def prefill_prompt(self, prompt: Prompt, use: CacheUse | None = None, timings: dict | None = None):
+        """Prefill ``prompt`` through the prefix cache when it is on: (last logits, KVCache). The logits
+        are the same, bit for bit, with the cache and without it. ``timings`` gets ``vision_s`` (vision
+        encoding + embedding) and ``prefix_cached_tokens`` (prompt tokens not prefilled again)."""
+        timings = {} if timings is None else timings
+        timings["prefix_cached_tokens"] = 0
+        if self.prefix_cache is None:
+            t0 = time.perf_counter()
+            inputs = self.prompt_inputs(prompt, use)
+            timings["vision_s"] = time.perf_counter() - t0
+            return prefill(self.decoder, inputs)
+        signature = self.prompt_signature(prompt)
+        probe = PromptInputs(prompt.input_ids, None, self._blocks(prompt.input_ids), self.prefill_anchors(prompt))
+        bounds = prompt_bounds(self.decoder, probe)
+        hit = self.prefix_cache.lookup(signature, bounds)
+        timings["prefix_cached_tokens"] = hit.length if hit is not None else 0
+        timings["vision_s"] = 0.0
+        if hit is not None and hit.logits is not None:
+            return hit.logits, hit.cache(self.decoder.device)
+        start = hit.cache(self.decoder.device) if hit is not None else None
+        t0 = time.perf_counter()
+        inputs = self.prompt_inputs(prompt, use, offset=hit.length if hit is not None else 0)
+        timings["vision_s"] = time.perf_counter() - t0
+        logits, cache = prefill(self.decoder, inputs, start=start)
+        self.prefix_cache.store(signature, bounds, cache, logits)
+        return logits, cache
+
+    def _blocks(self, ids: np.ndarray) -> np.ndarray | None:
+        return np.isin(ids, _placeholder_ids(self.folder)) if self.decoder.needs_input_ids else None
 
     def _encode(self, vision, use: CacheUse | None = None) -> np.ndarray:
         """Vision features of one media item, from the media cache when its encoder input was seen."""
         if self.cache is None:
             return self.vision.encode(vision.pixel_values, vision.position_ids)
-        key = features_key(vision_input_key(vision), encoder=self.encoder_id)
+        key = features_key(media_digest(vision), encoder=self.encoder_id)
         features, hit = self.cache.features(key, lambda: self.vision.encode(vision.pixel_values, vision.position_ids))
         if hit and use is not None:
             use.features_cached += 1
@@ -260,17 +333,15 @@ class ChatStream:
 
     def _generate(self) -> Iterator[TextPiece]:
         p = self.pipeline
-        t0 = time.perf_counter()
-        inputs = p.prompt_inputs(self.prompt, self.cache_use)
         t1 = time.perf_counter()
-        self.timings["vision_s"] = t1 - t0
-        steps = decode_steps(p.decoder, p.embed, inputs, self.options.sampler())
+        logits, cache = p.prefill_prompt(self.prompt, self.cache_use, self.timings)
+        steps = decode_steps(p.decoder, p.embed, None, self.options.sampler(), prefilled=(logits, cache))
         detokenizer = IncrementalDetokenizer(p.tokenizer)
         first = None
         for piece in stream_generate(steps, detokenizer, self.options, p.folder.eos_token_ids):
             if first is None:
                 first = time.perf_counter()
-                self.timings["prefill_s"] = first - t1
+                self.timings["prefill_s"] = first - t1     # vision encoding + prefill + first token
                 self.timings["ttft_s"] = first - self._start
             yield piece
 

@@ -184,7 +184,10 @@ def pipelines(demo_model):
     from edgevid.pipeline import Pipeline
 
     model = demo_model
-    return Pipeline.load(model, device="cpu"), Pipeline.load(model, device="cpu", cache_bytes=0)
+    # the KV prefix cache is off here: it would skip the vision encoder these tests watch (tested in
+    # test_prefix_cache.py, and together with this cache below)
+    return (Pipeline.load(model, device="cpu", prefix_cache_bytes=0),
+            Pipeline.load(model, device="cpu", cache_bytes=0, prefix_cache_bytes=0))
 
 
 def ask(pipeline, video, *, answer=None):
@@ -251,3 +254,17 @@ def test_a_sampled_video_passed_twice_reuses_its_features(pipelines, tmp_path):
     second = cached.chat(messages, GenerationOptions(max_tokens=4))
     assert (first.timings["features_cached"], second.timings["features_cached"]) == (0, 1)
     assert second.token_ids == first.token_ids
+
+
+def test_with_the_prefix_cache_the_second_turn_skips_vision_and_the_prefix(demo_model, tmp_path):
+    from edgevid.pipeline import Pipeline
+
+    both = Pipeline.load(demo_model, device="cpu")
+    clip = write_clip(tmp_path / "turns.mp4", frames=24, fps=12, size=(96, 64))
+    first = ask(both, clip)
+    second = ask(both, clip, answer=first.text)
+    assert second.timings["frames_cached"] == 1
+    assert second.timings["features_cached"] == 0            # the video lies wholly in the reused prefix
+    assert second.timings["prefix_cached_tokens"] > first.media[0]["soft_tokens"]
+    plain = Pipeline.load(demo_model, device="cpu", cache_bytes=0, prefix_cache_bytes=0)
+    assert second.token_ids == ask(plain, clip, answer=first.text).token_ids

@@ -110,6 +110,27 @@ def test_resize_is_torch_exact_on_both_memory_layouts():
     np.testing.assert_array_equal(resize_bicubic_aa(frames, 144, 48, workers=1), ref)   # threads change nothing
 
 
+@pytest.mark.parametrize("src,dst", [
+    ((720, 1280), (288, 528)),        # the usual video frame: both passes as banded float32 products
+    ((1080, 1920), (288, 528)),
+    ((30, 40), (336, 432)),           # upscale
+    ((2160, 3840), (288, 528)),       # 4K: beyond the float32 bound, the integer gather path
+    ((720, 1280), (720, 528)),        # one axis only
+    ((96, 64), (48, 64)),
+])
+def test_resize_is_torch_exact_on_every_path(src, dst):
+    from edgevid.model.preprocess import _banded_axis, _resize_gather
+
+    frames = _frames(2, *src, seed=src[0])
+    frames[1, :, : src[1] // 2] = 255                     # saturated areas: sums at the top of the range
+    frames[1, ::2, src[1] // 2 :] = 0                     # and a hard striped edge
+    ref = torch_resize(frames, *dst).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(resize_bicubic_aa(frames, *dst), ref)
+    np.testing.assert_array_equal(_resize_gather(frames, *dst), ref)
+    banded = [_banded_axis(a, b) is not None for a, b in zip(src, dst) if a != b]
+    assert all(banded) == (src != (2160, 3840))           # which path ran is the one this case means to test
+
+
 @pytest.mark.skipif(not HAS_TORCHVISION, reason="torchvision is not installable here (CUDA-only wheels)")
 def test_video_against_real_torchvision_processor():
     from transformers import Gemma4VideoProcessor

@@ -56,8 +56,11 @@ def load_pipeline(job: BatchJob, model_dir: str):
     if found != job.model_id:
         raise BatchError(f"the model folder {model_dir} on {socket.gethostname()} differs from the one the run "
                          f"started with (identity {found} != {job.model_id})")
+    from edgevid.model.sessions import cores_look_free
+
+    # a worker owns its threads' cores unless the machine is already busy: then spinning only steals CPU
     return Pipeline.load(model_dir, device=job.device, precision=job.precision, threads=job.threads,
-                         policy=SourcePolicy.permissive())
+                         policy=SourcePolicy.permissive(), spinning=cores_look_free())
 
 
 def worker_name(kind: str, slot: str) -> str:

@@ -40,14 +40,28 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 @generation_options
 @device_options
 @click.option("--json", "as_json", is_flag=True, help="With -i: print one JSON object instead of streaming.")
-def run(model_dir, demo, videos, images, prompt, num_frames, generation, device, precision, as_json):
+@click.option("--spin/--no-spin", "spinning", default=None,
+              help="onnxruntime threads busy-wait between ops: faster when this process has the cores to itself, "
+                   "much slower when other work shares them. Default: on unless the load average says the "
+                   "cores are busy.")
+@click.option("--prefix-cache-mb", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Chat: keep prefilled prompt prefixes (the video of earlier turns) up to this size; 0 = off.")
+def run(model_dir, demo, videos, images, prompt, num_frames, generation, device, precision, as_json, spinning,
+        prefix_cache_mb):
     """Ask a model folder about videos and images."""
     from edgevid.pipeline import Pipeline
 
     options = dataclasses.replace(generation, num_frames=num_frames)
     if as_json and prompt is None:
         raise InvalidRequestError("--json needs a one-shot prompt (-i)", param="json")
-    pipeline = Pipeline.load(model_dir, device=device, precision=precision)
+    # one question: nothing to reuse, and a stored prefix would only hold a second KV copy during decode
+    prefix_bytes = 0 if prompt is not None else prefix_cache_mb * 2**20
+    if spinning is None:
+        from edgevid.model.sessions import cores_look_free
+
+        spinning = cores_look_free()
+    pipeline = Pipeline.load(model_dir, device=device, precision=precision, spinning=spinning,
+                             prefix_cache_bytes=prefix_bytes)
     media = [video_part(v) for v in videos] + [image_part(i) for i in images]
     sample = model_dir / "sample.mp4"
     if demo and not media and sample.is_file():

@@ -54,9 +54,15 @@ log = logging.getLogger(__name__)
 @device_options
 @click.option("--model-name", default=None, help="Name served in /v1/models (default: the folder name).")
 @click.option("--no-ui", is_flag=True, help="Do not serve the browser playground at / (the API only).")
+@click.option("--spin/--no-spin", "spinning", default=False, show_default=True,
+              help="onnxruntime threads busy-wait between ops: only when the server has the cores to itself.")
+@click.option("--prefix-cache-mb", type=click.IntRange(min=0), default=512, show_default=True,
+              help="Keep prefilled prompt prefixes (a chat's earlier turns, an already-asked video) up to this "
+                   "size, so follow-up requests prefill only their new tokens; 0 = off.")
 def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_private_urls, max_media_bytes,
           max_frames, max_media_parts, max_total_frames, max_text_bytes, max_pixels, decode_timeout,
-          fetch_timeout, header_timeout, queue_size, generation, device, precision, model_name, no_ui):
+          fetch_timeout, header_timeout, queue_size, generation, device, precision, model_name, no_ui, spinning,
+          prefix_cache_mb):
     """Serve the OpenAI chat-completions API with video input.
 
     The generation flags are the defaults of requests that do not set those fields."""
@@ -72,7 +78,8 @@ def serve(model_dir, demo, host, port, api_key, local_dirs, domains, allow_priva
     policy = server_policy(local_dirs=tuple(local_dirs), domains=domains or None,
                            allow_private_urls=allow_private_urls, max_bytes=max_media_bytes,
                            max_pixels=max_pixels, decode_timeout=decode_timeout).with_(timeout=fetch_timeout)
-    pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy)
+    pipeline = Pipeline.load(model_dir, device=device, precision=precision, policy=policy, spinning=spinning,
+                             prefix_cache_bytes=prefix_cache_mb * 2**20)
     config = ServerConfig(model_name=model_name, api_key=api_key, policy=policy, max_frames=max_frames,
                           queue_size=queue_size, defaults=generation, ui=not no_ui, max_media_parts=max_media_parts,
                           max_total_frames=max_total_frames, max_text_bytes=max_text_bytes,

@@ -72,7 +72,8 @@ def watch(source, model_dir, demo, prompt, every, window, num_frames, max_window
                            min_frames=min_frames).validate()
     reader, ring = start_reader(source, options)
     # every window is new video: the media reuse cache would only hash and hold frames nobody asks again
-    pipeline = Pipeline.load(model_dir, device=device, precision=precision, cache_bytes=0)
+    # (and the KV prefix cache would keep every window's prompt; only the text before the video repeats)
+    pipeline = Pipeline.load(model_dir, device=device, precision=precision, cache_bytes=0, prefix_cache_bytes=0)
     generation = dataclasses.replace(generation, num_frames=num_frames)
 
     def ask(video):

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgevid.errors import ContextLengthError, InvalidRequestError
 from edgevid.model.sampling import make_sampler
-from edgevid.model.sessions import DecoderSession, EmbedSession, Embeddings
+from edgevid.model.sessions import DecoderSession, EmbedSession, Embeddings, KVCache
 from edgevid.model.tokenizer import StopMatcher
 
 MAX_STOP_STRINGS = 4
@@ -111,30 +111,48 @@ def check_context(prompt_tokens: int, max_tokens: int, context_length: int) -> N
 # ---- layer 1: the KV-cache loop ---------------------------------------------------------------------
 @dataclass
 class PromptInputs:
-    """What the prefill needs: the prompt ids and their embeddings with vision features merged in."""
+    """What the prefill needs: the prompt ids and their embeddings with vision features merged in.
+
+    ``embeddings`` may cover only the prompt from ``offset`` on (a prefix-cache hit holds the KV of the
+    first ``offset`` positions); ``anchors`` are positions where a prefill chunk must end (media ends,
+    turn starts), so that a later prompt sharing the prefix up to an anchor was cut the same way."""
 
     input_ids: np.ndarray          # int64 [seq]
     embeddings: Embeddings
     blocks: np.ndarray | None = None   # bool [seq]: tokens of bidirectional vision blocks (never split)
+    anchors: tuple[int, ...] = ()
+    offset: int = 0
 
 
-def prefill_bounds(length: int, chunk: int, blocks: np.ndarray | None = None) -> list[tuple[int, int]]:
-    """Cut a prompt into prefill chunks of at most ``chunk`` tokens (0 = one chunk). A run of ``blocks``
+def prefill_bounds(length: int, chunk: int, blocks: np.ndarray | None = None,
+                   anchors: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """Cut a prompt into prefill chunks of at most ``chunk`` tokens (0 = no size limit). A run of ``blocks``
     tokens (one frame's soft tokens on a bidirectional-vision model) is never cut: its tokens attend to
-    each other, which the graph can only see within one chunk."""
-    if chunk <= 0 or length <= chunk:
-        return [(0, length)]
+    each other, which the graph can only see within one chunk. Every anchor (0 < a < length, outside a
+    block) ends a chunk; between anchors chunks are cut greedily from the last anchor, so the cuts up to
+    any position depend only on the tokens before it (what makes prefix reuse exact)."""
+    inside = (lambda e: bool(blocks[e - 1] and blocks[e])) if blocks is not None else (lambda e: False)  # noqa: E731
+    stops = sorted({int(a) for a in anchors if 0 < a < length and not inside(int(a))} | {length})
     bounds, start = [], 0
-    while start < length:
-        end = min(start + chunk, length)
-        if blocks is not None and end < length:
-            inside = lambda e: blocks[e - 1] and blocks[e]  # noqa: E731
+    for stop in stops:
+        bounds += _chunks(start, stop, chunk, inside)
+        start = stop
+    return bounds
+
+
+def _chunks(start: int, stop: int, chunk: int, inside) -> list[tuple[int, int]]:
+    if chunk <= 0 or stop - start <= chunk:
+        return [(start, stop)]
+    bounds = []
+    while start < stop:
+        end = min(start + chunk, stop)
+        if end < stop:
             cut = end
             while cut > start and inside(cut):
                 cut -= 1
             if cut == start:                  # one block longer than a chunk: take it whole
                 cut = end
-                while cut < length and inside(cut):
+                while cut < stop and inside(cut):
                     cut += 1
             end = cut
         bounds.append((start, end))
@@ -142,25 +160,43 @@ def prefill_bounds(length: int, chunk: int, blocks: np.ndarray | None = None) ->
     return bounds
 
 
-def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None):
-    """Run the prompt through the decoder in chunks (bounded activation memory; the KV cache makes
-    the result the same as one pass): (last position's logits, filled KVCache)."""
+def prompt_bounds(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None) -> list[tuple[int, int]]:
+    """The prefill chunks of ``prompt`` on ``decoder`` (its configured chunk size unless ``chunk``)."""
     chunk = decoder.config.prefill_chunk if chunk is None else chunk
-    cache = decoder.empty_cache()
+    return prefill_bounds(int(np.asarray(prompt.input_ids).shape[-1]), chunk, prompt.blocks, prompt.anchors)
+
+
+def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None, *,
+            start: KVCache | None = None):
+    """Run the prompt through the decoder in chunks (bounded activation memory; the KV cache makes
+    the result the same as one pass): (last position's logits, filled KVCache). With ``start`` (a cache
+    holding the first ``start.length`` positions, which must be a chunk boundary), only the rest runs."""
+    cache = start if start is not None else decoder.empty_cache()
+    done = cache.length
+    if done != prompt.offset:
+        raise ValueError(f"the cache holds {done} positions but the embeddings start at {prompt.offset}")
     ids = np.asarray(prompt.input_ids, dtype=np.int64).reshape(1, -1)
     e = prompt.embeddings
     logits = None
-    for a, b in prefill_bounds(ids.shape[1], chunk, prompt.blocks):
-        feeds = {"inputs_embeds": e.inputs_embeds[:, a:b], "input_ids": ids[:, a:b]}
+    for a, b in prompt_bounds(decoder, prompt, chunk):
+        if b <= done:
+            continue
+        if a != done:
+            raise ValueError(f"a prefill resumed at {done}, which is not a chunk boundary")
+        r = slice(a - prompt.offset, b - prompt.offset)
+        feeds = {"inputs_embeds": e.inputs_embeds[:, r], "input_ids": ids[:, a:b]}
         if e.per_layer_inputs is not None:
-            feeds["per_layer_inputs"] = e.per_layer_inputs[:, a:b]
+            feeds["per_layer_inputs"] = e.per_layer_inputs[:, r]
         logits = decoder.forward(feeds, cache, b - a)
+        done = b
     return logits, cache
 
 
-def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInputs, sampler) -> Iterator[int]:
-    """Prefill once, then one token per step. Endless: the consumer decides when to stop (and closes)."""
-    logits, cache = prefill(decoder, prompt)
+def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInputs, sampler, *,
+                 prefilled: tuple[np.ndarray, KVCache] | None = None) -> Iterator[int]:
+    """Prefill once (unless ``prefilled`` = (last logits, cache) is given), then one token per step.
+    Endless: the consumer decides when to stop (and closes)."""
+    logits, cache = prefilled if prefilled is not None else prefill(decoder, prompt)
     on_device = _embed_outputs_match(embed, decoder)
     while True:
         token = sampler(logits)

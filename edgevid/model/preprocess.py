@@ -131,15 +131,153 @@ def _resample_last_axis(x: np.ndarray, aw: _AxisWeights) -> np.ndarray:
     return np.clip(acc, 0, 255, out=acc).astype(np.uint8)
 
 
-def resize_bicubic_aa(frames: np.ndarray, height: int, width: int, workers: int | None = None) -> np.ndarray:
+def resize_bicubic_aa(frames: np.ndarray, height: int, width: int, workers: int | None = None, *,
+                      banded_only: bool = False) -> np.ndarray | None:
     """Resize uint8 ``[N, H, W, C]`` exactly as ``torch.nn.functional.interpolate(uint8, mode="bicubic",
     antialias=True, align_corners=False)`` does on CPU: width pass first, each pass rounded to uint8.
 
-    Frames are resized one at a time on ``workers`` threads (numpy releases the GIL; default: CPU count, max 4).
+    Each pass runs as a few float32 matrix products over bands of the input (:class:`_BandedAxis`), exact
+    because every partial sum is an integer below 2**24; an axis where that bound does not hold (a
+    downscale beyond ~10x) takes the integer gather path instead. Frames are split over ``workers``
+    threads (default: CPU count, max 4), each with single-threaded BLAS. ``banded_only``: None instead of
+    the integer path (a caller with its own integer fallback).
     """
     n, h, w, c = frames.shape
     if (h, w) == (height, width):
         return frames
+    wide = _banded_axis(w, width) if w != width else None
+    tall = _banded_axis(h, height) if h != height else None
+    if (w != width and wide is None) or (h != height and tall is None):
+        return None if banded_only else _resize_gather(frames, height, width, workers)
+    out = np.empty((n, height, width, c), dtype=np.uint8)
+    workers = min(n, workers or min(4, os.cpu_count() or 1))
+    parts = [range(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
+    with _single_threaded_blas():
+        if workers <= 1:
+            _resize_banded(frames, out, parts[0], wide, tall)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(lambda part: _resize_banded(frames, out, part, wide, tall), parts))
+    return out
+
+
+F32_EXACT = 1 << 24     # integers up to here are exact in float32
+
+
+@dataclass(frozen=True)
+class _BandedAxis:
+    """One axis of the resize as products ``input[starts[g] : starts[g] + window] @ weights[g]``, ``group``
+    outputs each. Inputs enter centred (``x - 128``), so every partial sum stays within ``128 * sum|w|``
+    (< 2**24: exact in float32 in any summation order); ``bias`` adds back ``128 * sum(w)`` plus the
+    rounding half, as the integer kernel's accumulator starts. Weights and bias carry the kernel's final
+    ``>> precision`` as an exact power-of-two scale, so ``floor`` of the sum is the kernel's result."""
+
+    weights: np.ndarray      # float32 [groups, window, group]
+    starts: tuple[int, ...]
+    window: int
+    group: int
+    out_size: int
+    bias: np.ndarray         # float32 [out_size]
+
+
+def _banded_axis(in_size: int, out_size: int, group: int = 16) -> _BandedAxis | None:
+    aw = _axis_weights(in_size, out_size)
+    total = float(np.abs(aw.weights).sum(axis=1).max())
+    if 128 * total + (1 << aw.precision) >= F32_EXACT:
+        return None
+    if aw.precision > 16 and 255 * total + (1 << aw.precision) >= F32_EXACT:
+        return None         # a rounded sum past 2**24 must mean a value >= 256 (clamped): true up to 16 bits
+    groups = -(-out_size // group)
+    first = aw.start[np.arange(groups) * group]
+    ends = aw.start + aw.size
+    last = np.minimum(np.arange(1, groups + 1) * group, out_size) - 1
+    window = int((ends[last] - first).max())
+    starts = np.minimum(first, in_size - window)
+    scale = 1.0 / (1 << aw.precision)
+    weights = np.zeros((groups, window, group), dtype=np.float32)
+    for o in range(out_size):
+        g, j = divmod(o, group)
+        taps = int(aw.size[o])
+        weights[g, aw.start[o] - starts[g] + np.arange(taps), j] = aw.weights[o, :taps] * scale
+    bias = ((128 * aw.weights.sum(axis=1) + (1 << (aw.precision - 1))) * scale).astype(np.float32)
+    return _BandedAxis(weights, tuple(int(v) for v in starts), window, group, out_size, bias)
+
+
+def _resize_banded(frames, out, part, wide: _BandedAxis | None, tall: _BandedAxis | None) -> None:
+    """Resize frames ``part`` of ``frames`` into ``out``, channel planes throughout (buffers reused)."""
+    import cv2
+
+    _, h, w, c = frames.shape
+    height, width = out.shape[1:3]
+    planes = np.empty((c, h, w), dtype=np.float32)
+    for i in part:
+        for k, plane in enumerate(cv2.split(np.ascontiguousarray(frames[i]))):
+            cv2.subtract(plane, 128.0, dst=planes[k], dtype=cv2.CV_32F)
+        x = planes.reshape(c * h, w)
+        if wide is not None:                                  # along x: rows (channel, y)
+            x = _round(_banded_columns(x, wide), recentre=tall is not None)
+        if tall is not None:                                  # along y, each channel plane
+            x = x.reshape(c, h, width)
+            x = _round(np.stack([_banded_rows(x[k], tall) for k in range(c)]), recentre=False)
+        else:
+            x = x + np.float32(128) if wide is None else x
+        out[i] = cv2.merge(list(x.reshape(c, height, width).astype(np.uint8)))
+
+
+def _banded_columns(x: np.ndarray, axis: _BandedAxis) -> np.ndarray:
+    g, window = axis.group, axis.window
+    acc = np.empty((x.shape[0], len(axis.weights) * g), dtype=np.float32)
+    for k, (start, weights) in enumerate(zip(axis.starts, axis.weights)):
+        np.matmul(x[:, start : start + window], weights, out=acc[:, k * g : (k + 1) * g])
+    acc = acc[:, : axis.out_size]
+    acc += axis.bias
+    return acc
+
+
+def _banded_rows(x: np.ndarray, axis: _BandedAxis) -> np.ndarray:
+    g, window = axis.group, axis.window
+    acc = np.empty((len(axis.weights) * g, x.shape[1]), dtype=np.float32)
+    for k, (start, weights) in enumerate(zip(axis.starts, axis.weights)):
+        np.matmul(weights.T, x[start : start + window], out=acc[k * g : (k + 1) * g])
+    acc = acc[: axis.out_size]
+    acc += axis.bias[:, None]
+    return acc
+
+
+def _round(acc: np.ndarray, *, recentre: bool) -> np.ndarray:
+    """floor + clamp to [0, 255] (the kernel's shift and clamp), minus 128 again when another pass follows."""
+    np.floor(acc, out=acc)
+    np.clip(acc, 0, 255, out=acc)
+    if recentre:
+        acc -= np.float32(128)
+    return acc
+
+
+class _single_threaded_blas:
+    """BLAS on one thread while frames are split over our own threads (its pool, spinning on shared
+    cores, made the small products many times slower); a no-op without threadpoolctl."""
+
+    _controller = None
+
+    def __enter__(self):
+        self._limit = None
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return self
+        if _single_threaded_blas._controller is None:
+            _single_threaded_blas._controller = ThreadpoolController()
+        self._limit = _single_threaded_blas._controller.limit(limits=1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        if self._limit is not None:
+            self._limit.restore_original_limits()
+
+
+def _resize_gather(frames: np.ndarray, height: int, width: int, workers: int | None = None) -> np.ndarray:
+    """The integer path: one gather + multiply-add per tap (any scale; ~10x slower than the banded one)."""
+    n, h, w, c = frames.shape
     wide = _axis_weights(w, width) if w != width else None
     tall = _axis_weights(h, height) if h != height else None
     out = np.empty((n, height, width, c), dtype=np.uint8)

@@ -1,0 +1,284 @@
+"""edgevid against onnxruntime-genai on the same dense Gemma 4 text decoder, each side its own process.
+
+    python benchmarks/bench_genai.py --genai-python /path/to/venv-genai/bin/python
+    python benchmarks/bench_genai.py --genai-python ... --rounds 3 --prompts 2000,100 --threads 2
+
+onnxruntime-genai builds Gemma 4 text decoders only (no vision, no per-layer inputs, no KV sharing), and
+its builder needs transformers <= 5.14 and the ``Gemma4UnifiedForConditionalGeneration`` label for a
+dense decoder, so it lives in its own venv (``--genai-python``: onnxruntime-genai 0.18, transformers
+5.14, torch). The model (random seeded weights, 257.5M parameters): hidden 1024, 12 layers, 9 sliding
+(window 512) + 3 full, 8 query / 2 KV heads, head dim 128 (256 on full layers), vocab 65,536. edgevid
+exports it with its own exporter (fp32, q4); genai builds fp32 and int4 with ``prune_lm_head=true``
+(``--genai-all-logits`` builds the default, every prompt position's logits, instead).
+
+Per run, a fresh process: load, then time to first token (embedding + prefill + first greedy token) on a
+prompt of N random ids, then 64 greedy tokens (decode tokens/s over the 63 steps after the first), and
+the process's peak RSS. Sides interleaved A B A B for ``--rounds``, medians reported with the load
+average. fp32 greedy tokens are compared between the sides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DECODE_TOKENS = 64
+SEED = 0
+
+
+# ---- model ------------------------------------------------------------------------------------------------
+def dense_config():
+    from transformers import Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig
+
+    from edgevid_export.demo import demo_token_ids
+
+    ids = demo_token_ids()
+    eos = [ids.eos, ids.end_of_turn]
+    text = Gemma4TextConfig(
+        vocab_size=65536, hidden_size=1024, intermediate_size=4096, num_hidden_layers=12,
+        layer_types=(["sliding_attention"] * 3 + ["full_attention"]) * 3, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=128, global_head_dim=256, sliding_window=512,
+        max_position_embeddings=8192, hidden_size_per_layer_input=0, vocab_size_per_layer_input=65536,
+        num_kv_shared_layers=0, final_logit_softcapping=30.0, pad_token_id=ids.pad, bos_token_id=ids.bos,
+        eos_token_id=eos,
+    )
+    vision = Gemma4VisionConfig(       # a small tower: the exporter writes one; nobody times it here
+        hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=64, patch_size=16, pooling_kernel_size=3, position_embedding_size=1024,
+    )
+    return Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None, boi_token_id=ids.boi, eoi_token_id=ids.eoi,
+        image_token_id=ids.image, video_token_id=ids.video, audio_token_id=ids.audio, boa_token_id=ids.boa,
+        eoa_token_index=ids.eoa, pad_token_id=ids.pad, bos_token_id=ids.bos, eos_token_id=eos,
+        tie_word_embeddings=True,
+    )
+
+
+def build_checkpoint(folder: Path) -> None:
+    import torch
+    from transformers import Gemma4ForConditionalGeneration, GenerationConfig
+
+    from edgevid_export.demo import build_demo_tokenizer, write_processor_config
+
+    torch.manual_seed(SEED)
+    model = Gemma4ForConditionalGeneration(dense_config()).eval()
+    text_params = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n)
+    model.generation_config = GenerationConfig(do_sample=False)
+    model.save_pretrained(folder)
+    build_demo_tokenizer(folder)
+    write_processor_config(folder)
+    print(f"checkpoint: {text_params / 1e6:.1f}M text parameters -> {folder}", flush=True)
+
+
+def export_edgevid(checkpoint: Path, out: Path) -> None:
+    from edgevid_export.convert import export_model
+
+    export_model(checkpoint, out, precisions=("fp32", "q4"), validate=False,
+                 progress=lambda line: print("  " + line, flush=True))
+
+
+def build_genai(python: str, checkpoint: Path, out: Path, precision: str, all_logits: bool, threads: int) -> None:
+    """onnxruntime-genai's builder on a copy of the checkpoint labelled as its dense Gemma 4 path."""
+    labelled = out.parent / "genai-checkpoint"
+    if not labelled.is_dir():
+        shutil.copytree(checkpoint, labelled)
+        config = json.loads((labelled / "config.json").read_text())
+        config["architectures"] = ["Gemma4UnifiedForConditionalGeneration"]
+        # transformers 5.14 reads per-type attention geometry from flat fields, not per_layer_config
+        text = config["text_config"]
+        overrides = {int(k): v for k, v in text.pop("per_layer_config", {}).items()}
+        full = [i for i, t in enumerate(text["layer_types"]) if t == "full_attention"]
+        text["global_head_dim"] = overrides.get(full[0], {}).get("head_dim", text["head_dim"])
+        text["num_global_key_value_heads"] = overrides.get(full[0], {}).get("num_key_value_heads",
+                                                                           text["num_key_value_heads"])
+        (labelled / "config.json").write_text(json.dumps(config, indent=1))
+    cmd = [python, "-m", "onnxruntime_genai.models.builder", "-m", str(labelled), "-o", str(out), "-p", precision,
+           "-e", "cpu", "-c", str(out.parent / "genai-cache")]
+    if not all_logits:
+        cmd += ["--extra_options", "prune_lm_head=true"]
+    print("  " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    config_path = out / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads
+    options["inter_op_num_threads"] = 1
+    config_path.write_text(json.dumps(config, indent=1))
+
+
+def write_prompt(workdir: Path, n: int) -> None:
+    """``n`` seeded random ids after <bos> (both sides read the same file)."""
+    from edgevid_export.demo import demo_token_ids
+
+    rng = np.random.default_rng(SEED + n)
+    np.save(workdir / f"prompt-{n}.npy",
+            np.concatenate([[demo_token_ids().bos], rng.integers(300, 60000, n - 1)]).astype(np.int64))
+
+
+def prompt_ids(workdir: Path, n: int) -> np.ndarray:
+    return np.load(workdir / f"prompt-{n}.npy")
+
+
+# ---- sides (each in its own process) ---------------------------------------------------------------------
+def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spinning: bool) -> dict:
+    from edgevid.model.generate import PromptInputs, decode_steps
+    from edgevid.model.manifest import ModelFolder
+    from edgevid.model.providers import select_providers
+    from edgevid.model.sampling import greedy
+    from edgevid.model.sessions import DecoderSession, EmbedSession, SessionConfig
+
+    folder = ModelFolder.load(model)
+    choice = select_providers("cpu", ["CPUExecutionProvider"])
+    config = SessionConfig(threads=threads, spinning=spinning)
+    embed = EmbedSession(folder.graph_path("embed_tokens", precision), choice, config,
+                         placeholder_ids=[folder.special.image, folder.special.video], pad_id=folder.special.pad)
+    decoder = DecoderSession(folder.graph_path("decoder", precision), choice, config)
+    t = time.perf_counter()
+    steps = decode_steps(decoder, embed, PromptInputs(ids, embed.embed(ids)), greedy)
+    tokens = [next(steps)]
+    ttft = time.perf_counter() - t
+    t = time.perf_counter()
+    tokens += [next(steps) for _ in range(DECODE_TOKENS - 1)]
+    decode = time.perf_counter() - t
+    steps.close()
+    return _result(ttft, decode, tokens)
+
+
+def run_genai(model: Path, ids: np.ndarray) -> dict:
+    import onnxruntime_genai as og
+
+    m = og.Model(str(model))
+    params = og.GeneratorParams(m)
+    params.set_search_options(max_length=max(len(ids) + DECODE_TOKENS, 512), do_sample=False)
+    generator = og.Generator(m, params)
+    t = time.perf_counter()
+    generator.append_tokens(ids.astype(np.int32))
+    generator.generate_next_token()
+    tokens = [int(generator.get_next_tokens()[0])]
+    ttft = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(DECODE_TOKENS - 1):
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    decode = time.perf_counter() - t
+    return _result(ttft, decode, tokens)
+
+
+def _result(ttft: float, decode: float, tokens: list[int]) -> dict:
+    return {"ttft_s": ttft, "decode_tok_s": (DECODE_TOKENS - 1) / decode, "tokens": tokens,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# ---- parent -------------------------------------------------------------------------------------------------
+def side_command(args, side: str, precision: str, n: int, spinning: bool = True) -> list[str]:
+    python = sys.executable if side == "edgevid" else args.genai_python
+    cmd = [python, __file__, "--side", side, "--precision", precision, "--n", str(n), "--workdir",
+           str(args.workdir), "--threads", str(args.threads)]
+    return cmd + (["--spin"] if spinning else [])
+
+
+def run_side(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench-genai"))
+    parser.add_argument("--genai-python", help="python of a venv with onnxruntime-genai 0.18 + transformers 5.14")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", default="2000,100", help="prompt lengths in tokens, comma-separated")
+    parser.add_argument("--precisions", default="fp32:fp32,q4:int4", help="edgevid:genai pairs")
+    parser.add_argument("--genai-all-logits", action="store_true", help="genai without prune_lm_head")
+    parser.add_argument("--no-spin", action="store_true", help="edgevid with intra-op spinning off")
+    parser.add_argument("--compare-spinning", action="store_true",
+                        help="instead of genai: edgevid with spinning on (A) against off (B)")
+    parser.add_argument("--json", type=Path, help="also write every run here")
+    parser.add_argument("--side", choices=["edgevid", "genai"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--spin", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.workdir = args.workdir.resolve()
+    genai_dir = lambda p: args.workdir / f"genai-{p}{'-all' if args.genai_all_logits else ''}"  # noqa: E731
+    if args.side == "edgevid":
+        print(json.dumps(run_edgevid(args.workdir / "edgevid", args.precision, prompt_ids(args.workdir, args.n), args.threads,
+                                     args.spin)))
+        return
+    if args.side == "genai":
+        print(json.dumps(run_genai(genai_dir(args.precision), prompt_ids(args.workdir, args.n))))
+        return
+    if not args.genai_python:
+        raise SystemExit("--genai-python is required (a venv with onnxruntime-genai 0.18 and transformers 5.14)")
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.workdir / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        build_checkpoint(checkpoint)
+    if not (args.workdir / "edgevid" / "edgevid.json").is_file():
+        export_edgevid(checkpoint, args.workdir / "edgevid")
+    pairs = [tuple(p.split(":")) for p in args.precisions.split(",")]
+    for _, genai_precision in ([] if args.compare_spinning else pairs):
+        if not (genai_dir(genai_precision) / "genai_config.json").is_file():
+            build_genai(args.genai_python, checkpoint, genai_dir(genai_precision), genai_precision,
+                        args.genai_all_logits, args.threads)
+    lengths = [int(n) for n in args.prompts.split(",")]
+    for n in lengths:
+        write_prompt(args.workdir, n)
+    runs: dict = {}
+    for n in lengths:
+        for ours, theirs in pairs:
+            a = side_command(args, "edgevid", ours, n, spinning=not args.no_spin)
+            b = side_command(args, "genai", theirs, n)
+            if args.compare_spinning:
+                a, b = side_command(args, "edgevid", ours, n, True), side_command(args, "edgevid", ours, n, False)
+                theirs = f"{ours} (no spin)"
+            rows = runs.setdefault(f"{n}:{ours}:{theirs}", {"edgevid": [], "genai": [], "load": []})
+            for _ in range(args.rounds):
+                rows["edgevid"].append(run_side(a))
+                rows["genai"].append(run_side(b))
+                rows["load"].append(os.getloadavg()[0])
+                print(f"  {n} tokens, {ours} / {theirs}: " + " | ".join(
+                    f"TTFT {r['ttft_s']:.2f} s, {r['decode_tok_s']:.1f} tok/s, {r['peak_rss_mb']:.0f} MB"
+                    for r in (rows["edgevid"][-1], rows["genai"][-1])) + f" (load {rows['load'][-1]:.1f})", flush=True)
+    if args.compare_spinning:
+        print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians; A = edgevid spinning on, "
+              f"B = off; {os.cpu_count()} CPUs\n")
+    else:
+        print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians; edgevid spinning "
+              f"{'off' if args.no_spin else 'on'}; genai "
+              f"{'all-position logits' if args.genai_all_logits else 'prune_lm_head'}; {os.cpu_count()} CPUs\n")
+    print("| prompt | A | B | TTFT A / B s | decode A / B tok/s | decode ratio A/B |"
+          " peak RSS A / B MB | tokens | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, rows in runs.items():
+        n, ours, theirs = key.split(":")
+        e, g = rows["edgevid"], rows["genai"]
+        same = e[0]["tokens"] == g[0]["tokens"]
+        print(f"| {n} | {ours} | {theirs} | {median(e, 'ttft_s'):.2f} / {median(g, 'ttft_s'):.2f} | "
+              f"{median(e, 'decode_tok_s'):.1f} / {median(g, 'decode_tok_s'):.1f} | "
+              f"{median(e, 'decode_tok_s') / median(g, 'decode_tok_s'):.2f}x | "
+              f"{median(e, 'peak_rss_mb'):.0f} / {median(g, 'peak_rss_mb'):.0f} | {'same' if same else 'differ'} | "
+              f"{min(rows['load']):.1f}-{max(rows['load']):.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1))
+
+
+if __name__ == "__main__":
+    main()
