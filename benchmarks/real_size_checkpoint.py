@@ -15,11 +15,12 @@ written into the config, so ``edgevid run`` works on the export.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import struct
 import time
 from pathlib import Path
+
+from edgevid_export.skeleton import parameters_on_meta
 
 SHARD_BYTES = 2 * 1024 ** 3
 CHUNK_ROWS = 16384
@@ -44,25 +45,6 @@ def real_size_config(text_overrides: dict | None = None, vision_overrides: dict 
     )
 
 
-@contextlib.contextmanager
-def parameters_on_meta():
-    """Modules built inside get their parameters on the meta device (buffers stay real: rotary tables)."""
-    import torch
-    from torch import nn
-
-    original = nn.Module.register_parameter
-
-    def register(module, name, param):
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    nn.Module.register_parameter = register
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        nn.Module.register_parameter = original
 
 
 def _randomise(tensor, generator) -> None:
