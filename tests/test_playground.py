@@ -530,7 +530,8 @@ def test_the_question_after_the_frames_decodes_nothing_again():
         assert "red" in second["choices"][0]["message"]["content"]
         stats = pipeline.cache.stats()
         # the chat turns added only the vision features (one miss); the frames came from the cache each time
-        assert stats.misses == misses + 1 and stats.hits >= 3
+        # (the second turn's video features come from the KV prefix cache, so it looks them up no more)
+        assert stats.misses == misses + 1 and stats.hits >= 2
         assert len(decodes) == 1                           # /v1/frames decoded, under the gate; no turn did
     finally:
         http.shutdown(wait=True)
