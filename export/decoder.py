@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention_op import group_query_attention
 from .compat import (attention_scaling, kv_sharing_modes, layer_attention_shape, norm_eps, norm_weight,
                      rope_tables)
 
@@ -92,6 +93,13 @@ class DecoderLayout:
         return names + ["num_logits_to_keep"]
 
     @property
+    def in_place_layers(self) -> tuple[int, ...]:
+        """Cache layers whose keys/values no KV-shared layer reads: in a kernel graph they attend through
+        ``GroupQueryAttention`` and their past/present may be one preallocated buffer written in place."""
+        producers = set(self.shared_from.values())
+        return tuple(i for i in self.cache_layers if i not in producers)
+
+    @property
     def first_shared_layer(self) -> int | None:
         return min(self.shared_from) if self.shared_from else None
 
@@ -124,8 +132,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class DecoderGraph(nn.Module):
     """Exportable decoder: ``forward(*inputs)`` in the order of ``layout.input_names()``."""
 
-    def __init__(self, model):
+    def __init__(self, model, kernel: bool = False):
         super().__init__()
+        self.kernel = kernel
         text = model.model.language_model
         self.text = text
         self.lm_head = model.lm_head
@@ -182,13 +191,16 @@ class DecoderGraph(nn.Module):
         proj = rms_norm(proj, text.per_layer_projection_norm)
         return (proj + token_part) * text.per_layer_input_scale
 
-    def _attention(self, layer, i, h, rope, mask, past, shared):
+    def _attention(self, layer, i, h, rope, mask, past, shared, lengths):
         attn = layer.self_attn
         b, s = h.shape[:2]
         d = attn.head_dim
         cos, sin = rope
         q = rms_norm(attn.q_proj(h).view(b, s, -1, d), attn.q_norm)
-        q = rotate(q, cos, sin).transpose(1, 2)
+        q = rotate(q, cos, sin)
+        if self.kernel and i in self.layout.in_place_layers:
+            return self._kernel_attention(attn, i, h, q, rope, mask, past, lengths)
+        q = q.transpose(1, 2)
         present = None
         if i in self.layout.shared_from:
             k, v = shared[self.layout.shared_from[i]]
@@ -204,6 +216,26 @@ class DecoderGraph(nn.Module):
         if self.layout.layer_types[i] == "sliding_attention":
             k, v, mask = self._window(k, v, mask, s)
         return attn.o_proj(self._grouped_attention(q, k, v, mask, attention_scaling(attn))), present
+
+    def _kernel_attention(self, attn, i, h, q, rope, mask, past, lengths):
+        """One ``GroupQueryAttention``: q/k normalised and rotated here, the cache appended (in place when the
+        runtime shares past and present), window and grouped heads inside the kernel."""
+        b, s = h.shape[:2]
+        d = attn.head_dim
+        k_raw = attn.k_proj(h).view(b, s, -1, d)
+        v_raw = attn.v_proj(h).view(b, s, -1, d) if attn.v_proj is not None else k_raw
+        k = rotate(rms_norm(k_raw, attn.k_norm), *rope)
+        v = rms_norm(v_raw, attn.v_norm)
+        sliding = self.layout.layer_types[i] == "sliding_attention"
+        # the additive mask goes in as attention_bias: it carries the padding of left-padded rows (the
+        # kernel's own causal/window rules count cache slots, as transformers' caches do) and, on
+        # bidirectional models' sliding layers, where vision blocks see each other, everything (causal=0)
+        bidirectional = sliding and self.layout.bidirectional_vision
+        out, key, value = group_query_attention(
+            q.reshape(b, s, -1), k.reshape(b, s, -1), v.reshape(b, s, -1), past[0], past[1], *lengths,
+            mask, q.shape[2], k.shape[2], float(attention_scaling(attn)),
+            self.tc.sliding_window if sliding and not bidirectional else -1, 0 if bidirectional else 1)
+        return attn.o_proj(out), (key, value)
 
     def _window(self, k, v, mask, rows):
         """Sliding layers: only the last ``rows + sliding_window - 1`` cache slots can be inside the window
@@ -261,9 +293,10 @@ class DecoderGraph(nn.Module):
         out = torch.cond(few, gathered, dense, (x, top_i, top_w))
         return rms_norm(out.reshape(residual.shape), layer.post_feedforward_layernorm_2)
 
-    def _layer(self, layer, i, h, per_layer_input, rope, mask, past, shared):
+    def _layer(self, layer, i, h, per_layer_input, rope, mask, past, shared, lengths):
         residual = h
-        attn_out, present = self._attention(layer, i, rms_norm(h, layer.input_layernorm), rope, mask, past, shared)
+        attn_out, present = self._attention(layer, i, rms_norm(h, layer.input_layernorm), rope, mask, past, shared,
+                                            lengths)
         h = residual + rms_norm(attn_out, layer.post_attention_layernorm)
         residual = h
         ff = layer.mlp(rms_norm(h, layer.pre_feedforward_layernorm))
@@ -296,6 +329,15 @@ class DecoderGraph(nn.Module):
         masks = {t: m.narrow(2, start, kept) for t, m in masks.items()}
         return h, per_layer, ropes, masks
 
+    @staticmethod
+    def _cache_lengths(attention_mask):
+        """GroupQueryAttention's ``seqlens_k`` (cache slots after this step, minus one, per row) and
+        ``total_sequence_length``, both int32: every row fills the mask's length of slots (left padding
+        included; the mask, passed as bias, hides the padding)."""
+        total = attention_mask.shape[1]
+        seqlens = torch.full((attention_mask.shape[0],), total - 1, dtype=torch.int32)
+        return seqlens, torch.full((), total, dtype=torch.int32)
+
     def forward(self, *inputs):
         named = dict(zip(self.layout.input_names(), inputs))
         h = named["inputs_embeds"]
@@ -306,6 +348,7 @@ class DecoderGraph(nn.Module):
         per_layer = self._per_layer(h, named["per_layer_inputs"]) if self.layout.per_layer_inputs else None
         kept = self._kept_length(named["num_logits_to_keep"], seq)
         cut_at = self.layout.first_shared_layer
+        lengths = self._cache_lengths(named["attention_mask"]) if self.kernel else None
         shared, presents = {}, []
         for i, layer in enumerate(self.text.layers[: self.tc.num_hidden_layers]):
             if i == cut_at:
@@ -315,7 +358,7 @@ class DecoderGraph(nn.Module):
             if i in self.layout.cache_layers:
                 past = (named[f"past_key_values.{i}.key"], named[f"past_key_values.{i}.value"])
             pli = per_layer[:, :, i, :] if per_layer is not None else None
-            h, present = self._layer(layer, i, h, pli, ropes[layer_type], masks[layer_type], past, shared)
+            h, present = self._layer(layer, i, h, pli, ropes[layer_type], masks[layer_type], past, shared, lengths)
             if present is not None:
                 presents += list(present)
         if cut_at is None:

@@ -123,6 +123,7 @@ def decoder_facts(config, layout: DecoderLayout) -> dict:
         "num_hidden_layers": layout.num_hidden_layers,
         "layer_types": list(layout.layer_types),
         "cache_layers": list(layout.cache_layers),
+        "kv_in_place": list(layout.in_place_layers),
         "kv_shared_layers": {str(k): v for k, v in layout.shared_from.items()},
         "hidden_size": layout.hidden_size,
         "per_layer_inputs": layout.per_layer_inputs,

@@ -31,13 +31,15 @@ AUTO = torch.export.Dim.DYNAMIC     # dynamic, and an error (not a silent consta
 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_shapes, opset: int | None,
-            weights=None):
+            weights=None, translations=None):
     """``weights`` = (``skeleton.Skeleton``, ``CheckpointTensors``) when ``module`` belongs to a weightless
     skeleton: the weights are then bound to the checkpoint and streamed into the data file (``skeleton``)."""
     kwargs = dict(
         input_names=list(input_names), output_names=list(output_names), dynamic_shapes=dynamic_shapes,
         dynamo=True, external_data=True, optimize=OPTIMIZE and weights is None, verbose=False,
     )
+    if translations:
+        kwargs["custom_translation_table"] = translations
     if opset is not None:
         kwargs["opset_version"] = opset
     # "torchvision is not installed. Skipping torchvision::nms" x4 per export: not ours to act on
@@ -255,13 +257,36 @@ def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
     return args, dyn
 
 
-def export_decoder(model, path: Path, opset=None, weights=None) -> Path:
-    graph = DecoderGraph(model).eval()
+KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past/present may be one buffer
+
+
+def export_decoder(model, path: Path, opset=None, weights=None, kernel: bool = True) -> Path:
+    """The decoder graph; ``kernel``: its cache layers attend through ``GroupQueryAttention`` (see
+    ``attention_op``) and the graph's metadata lists them under ``KV_IN_PLACE``."""
+    from .attention_op import onnx_translation
+
+    graph = DecoderGraph(model, kernel=kernel).eval()
     args, dyn = _in_mode(weights, lambda: decoder_example_inputs(graph))
     names, outputs = graph.layout.input_names(), graph.layout.output_names()
-    _export(graph, args, path, names, outputs, (tuple(dyn),), opset, weights)
+    _export(graph, args, path, names, outputs, (tuple(dyn),), opset, weights,
+            translations=onnx_translation() if kernel else None)
     name_dims(path, decoder_dims(names, outputs))
+    if kernel:
+        set_metadata(path, {KV_IN_PLACE: ",".join(map(str, graph.layout.in_place_layers))})
     return path
+
+
+def set_metadata(path: Path, values: dict) -> None:
+    """Add ``values`` to the graph's ``metadata_props`` (weights untouched)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def add_input_default(path: Path, name: str, value: int) -> None:

@@ -79,10 +79,12 @@ def dense_config():
 
 
 def e2b_like_config():
-    """E2B/E4B shape: per-layer inputs and the last layers sharing the KV cache of earlier ones."""
-    layer_types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    """E2B/E4B shape: per-layer inputs and the last layers sharing the KV cache of earlier ones. As in E2B, one
+    cache layer (0) is read by no shared layer (its cache is written in place by the kernel graph) and the
+    last cache layer of each type (1 sliding, 2 full) is read by the shared ones (3, 4)."""
+    layer_types = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"]
     return _gemma4_config(_text_config(
-        num_hidden_layers=4, layer_types=layer_types, hidden_size_per_layer_input=16,
+        num_hidden_layers=5, layer_types=layer_types, hidden_size_per_layer_input=16,
         num_kv_shared_layers=2, use_double_wide_mlp=True,
     ))
 

@@ -82,18 +82,27 @@ def test_export_passes_parity_gate(exported, shape):
 
 
 def test_e2b_graph_contract(exported):
-    """Per-layer inputs, KV sharing (only layers 0 and 1 own caches), per-layer head dims and tensor names."""
+    """Per-layer inputs, KV sharing (only layers 0-2 own caches), per-layer head dims and tensor names; the
+    cache layer no shared layer reads attends through GroupQueryAttention, written in place."""
     _, folder, _ = exported("e2b_like")
     decoder = _manifest(folder)["decoder"]
-    assert decoder["per_layer_inputs"] is True and decoder["cache_layers"] == [0, 1]
-    assert decoder["kv_shared_layers"] == {"2": 0, "3": 1}
+    assert decoder["per_layer_inputs"] is True and decoder["cache_layers"] == [0, 1, 2]
+    assert decoder["kv_shared_layers"] == {"3": 1, "4": 2}
+    assert decoder["kv_in_place"] == [0]
     _, outputs, _ = _io(folder / "onnx" / "embed_tokens.onnx")
     assert outputs == ["inputs_embeds", "per_layer_inputs"]
-    inputs, outputs, _ = _io(folder / "onnx" / "decoder_model_merged.onnx")
-    assert outputs == ["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+    inputs, outputs, session = _io(folder / "onnx" / "decoder_model_merged.onnx")
+    assert outputs == ["logits"] + [f"present.{i}.{kind}" for i in range(3) for kind in ("key", "value")]
+    assert session.get_modelmeta().custom_metadata_map["edgevid.kv_in_place"] == "0"
     assert "input_ids" not in inputs and "per_layer_inputs" in inputs
-    assert inputs["past_key_values.0.key"].shape[1:] == [2, inputs["past_key_values.0.key"].shape[2], 16]
-    assert inputs["past_key_values.1.key"].shape[3] == 32                   # global head dim
+    assert inputs["past_key_values.0.key"].shape[1:] == [2, "past_sequence_length", 16]
+    assert inputs["past_key_values.2.key"].shape[3] == 32                   # global head dim
+    import onnx
+
+    nodes = onnx.load(str(folder / "onnx" / "decoder_model_merged.onnx"), load_external_data=False).graph.node
+    attention = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+    assert len(attention) == 1 and attention[0].domain == "com.microsoft"
+    assert attention[0].input[3] == "past_key_values.0.key"
     _, outputs, session = _io(folder / "onnx" / "vision_encoder.onnx")
     assert outputs == ["image_features"]
     assert session.get_outputs()[0].shape == ["num_soft_tokens", 64]          # one row per soft token

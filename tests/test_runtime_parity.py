@@ -23,7 +23,7 @@ from runtime_models import (  # noqa: E402
     QUESTION, exported_model, models_root, transformers_reference, write_expected, write_test_clip,
 )
 
-SHAPES = ["e2b_like", "bidirectional"]
+SHAPES = ["e2b_like", "bidirectional", "dense", "moe"]
 NUM_FRAMES = 8
 MAX_NEW_TOKENS = 24
 LOGITS_TOLERANCE = 1e-4
@@ -78,3 +78,37 @@ def test_greedy_tokens_match_transformers(shape, root, clip):
                    max_tokens=MAX_NEW_TOKENS, question=QUESTION, prompt_ids=expected["prompt_ids"],
                    token_ids=list(result.token_ids), first_logits=expected["first_logits"].tolist(),
                    text=result.text)
+
+
+@pytest.mark.parametrize("shape", ["e2b_like", "bidirectional"])
+def test_kv_written_in_place_equals_a_growing_cache(shape, root, clip):
+    """The kernel graph with past and present bound to one buffer (written in place, grown by doubling past
+    256 rows) against the same graph fed a growing cache: prefill in 7-token chunks (chunk ends inside and
+    across the 16-slot sliding window), the same logits after every chunk and the same 40 greedy tokens."""
+    from edgevid.model.generate import prefill_bounds
+    from edgevid.model.sessions import SessionConfig
+
+    _, model_dir = exported_model(shape, root)
+    options = GenerationOptions(max_tokens=40, num_frames=NUM_FRAMES)
+    runs = {}
+    for in_place in (True, False):
+        pipeline = Pipeline.load(model_dir, device="cpu", session_config=SessionConfig(kv_in_place=in_place))
+        assert bool(pipeline.decoder.in_place) is in_place
+        stream = pipeline.stream(video_messages(clip), options)
+        inputs = pipeline.prompt_inputs(stream.prompt)
+        stream.close()
+        chunk_logits = []
+        cache = pipeline.decoder.empty_cache()
+        ids = np.asarray(inputs.input_ids, dtype=np.int64).reshape(1, -1)
+        e = inputs.embeddings
+        for a, b in prefill_bounds(ids.shape[1], 7, inputs.blocks):
+            feeds = {"inputs_embeds": e.inputs_embeds[:, a:b], "input_ids": ids[:, a:b]}
+            if e.per_layer_inputs is not None:
+                feeds["per_layer_inputs"] = e.per_layer_inputs[:, a:b]
+            chunk_logits.append(pipeline.decoder.forward(feeds, cache, b - a))
+        if in_place:
+            assert cache.values["past_key_values.0.key"].shape()[2] >= 512      # grew past 256 rows
+        result = pipeline.chat(video_messages(clip), options)
+        runs[in_place] = (np.stack(chunk_logits), list(result.token_ids))
+    np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-5, rtol=0)
+    assert runs[True][1] == runs[False][1] and len(runs[True][1]) >= 1

@@ -105,14 +105,18 @@ def test_image_and_presampled_video_parts(pipeline, clip):
 
 
 def test_kv_cache_shapes_come_from_the_graph(pipeline, clip):
-    # e2b_like: layers 0 (sliding, head dim 16) and 1 (full, head dim 32) own caches; 2 and 3 share them
-    assert [(s.layer, s.kv_heads, s.head_dim) for s in pipeline.decoder.cache_specs] == [(0, 2, 16), (1, 2, 32)]
+    # e2b_like: layers 0, 1 (sliding, head dim 16) and 2 (full, head dim 32) own caches; 3 and 4 share 1 and 2
+    specs = [(s.layer, s.kv_heads, s.head_dim) for s in pipeline.decoder.cache_specs]
+    assert specs == [(0, 2, 16), (1, 2, 16), (2, 2, 32)]
+    assert pipeline.decoder.in_place == {"past_key_values.0.key", "past_key_values.0.value"}
     stream = pipeline.stream(ask(clip), GenerationOptions(max_tokens=1, num_frames=2))
     _, cache = prefill(pipeline.decoder, pipeline.prompt_inputs(stream.prompt))
     assert cache.length == stream.prompt_tokens
-    key = cache.values["past_key_values.1.key"]
+    key = cache.values["past_key_values.2.key"]
     assert key.device_name().lower() == "cpu"
     assert key.shape() == [1, 2, stream.prompt_tokens, 32]
+    buffer = cache.values["past_key_values.0.key"].shape()        # in place: a buffer with room to grow
+    assert buffer[:2] == [1, 2] and buffer[3] == 16 and buffer[2] >= stream.prompt_tokens and buffer[2] % 256 == 0
 
 
 @pytest.mark.parametrize("messages, error", [

@@ -144,7 +144,7 @@ class PrefixHit:
     def cache(self, device: str = "cpu") -> KVCache:
         """A fresh :class:`KVCache` over the reused prefix (cut to ``length`` when the entry is longer)."""
         if self.length == self.stored_length:
-            return KVCache(dict(self.values), self.length)
+            return KVCache(dict(self.values), self.length, borrowed=True)
         if self._cut is None:
             import onnxruntime as ort
 
@@ -153,7 +153,7 @@ class PrefixHit:
                 array = np.ascontiguousarray(value.numpy()[:, :, : self.length])
                 cut[name] = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
             self._cut = cut
-        return KVCache(dict(self._cut), self.length)
+        return KVCache(dict(self._cut), self.length, borrowed=True)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@
   per-layer inputs at media positions are the pad token's.
 - :class:`DecoderSession` — ``decoder_model_merged`` with a KV cache (:class:`KVCache`) that is fed
   back step after step through IO binding: presents become the next step's pasts as OrtValues, never
-  converted to numpy, and on CUDA/DirectML they stay in device memory.
+  converted to numpy, and on CUDA/DirectML they stay in device memory. Layers the graph lists under
+  ``edgevid.kv_in_place`` (their attention is ``GroupQueryAttention``) keep one preallocated buffer on
+  the CPU, bound as both past and present, so each step writes only its new row instead of copying the
+  whole cache (capacity grows by doubling; a borrowed cache is copied before its first write).
 
 ``merge_vision_features`` writes each media item's features into its placeholder positions, in order.
 
@@ -58,6 +61,8 @@ _NP_TYPES = {
     "tensor(int32)": np.int32,
 }
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past and present may be one buffer
+CAPACITY_STEP = 256                     # in-place KV buffers grow in multiples of this many rows
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class SessionConfig:
     prefill_chunk: int = 256            # prompt tokens per decoder run during prefill (0 = all at once)
     optimized_model_dir: str | None = None  # write the optimised graphs here (debugging)
     spinning: bool = False              # intra-op threads busy-wait between ops (onnxruntime's default: on)
+    kv_in_place: bool = True            # write the KV cache in place where the graph allows it
 
 
 def cores_look_free() -> bool:
@@ -302,11 +308,17 @@ class CacheSpec:
 
 
 class KVCache:
-    """Past keys/values of the cache-owning layers as OrtValues, plus the number of tokens they hold."""
+    """Past keys/values of the cache-owning layers as OrtValues, plus the number of tokens they hold.
 
-    def __init__(self, values: dict, length: int = 0):
+    An in-place layer's value is a buffer ``[1, kv_heads, capacity, head_dim]`` whose first ``length`` rows
+    are the cache; every other layer's value is exactly ``[1, kv_heads, length, head_dim]``. ``borrowed``:
+    the buffers are shared with someone else (a prefix-cache entry), so the decoder copies them before it
+    writes."""
+
+    def __init__(self, values: dict, length: int = 0, borrowed: bool = False):
         self.values = values          # input name ("past_key_values.{i}.key") -> OrtValue
         self.length = length
+        self.borrowed = borrowed
 
 
 class DecoderSession(GraphSession):
@@ -320,6 +332,20 @@ class DecoderSession(GraphSession):
         self.keeps_logits = "num_logits_to_keep" in self.inputs
         self.embeds_dtype = self.input_dtype("inputs_embeds")
         self.device = choice.ort_device if self.provider == choice.name else "cpu"
+        self.in_place = self._in_place_names()
+
+    def _in_place_names(self) -> frozenset:
+        """Past inputs that may share one buffer with their present (CPU only: growing a device buffer
+        would need a device copy; other providers get the growing cache, which the same graph accepts)."""
+        listed = self.session.get_modelmeta().custom_metadata_map.get(KV_IN_PLACE, "")
+        layers = {int(x) for x in listed.split(",") if x.strip().isdigit()}
+        if not layers or not self.config.kv_in_place:
+            return frozenset()
+        if self.device != "cpu":
+            log.info("%s: KV cache grows by copy on %s (in-place buffers are CPU only)", self.path.name, self.provider)
+            return frozenset()
+        names = {f"past_key_values.{i}.{kind}" for i in layers for kind in ("key", "value")}
+        return frozenset(names & set(self.inputs))
 
     def _read_cache_specs(self) -> list[CacheSpec]:
         specs = {}
@@ -347,6 +373,23 @@ class DecoderSession(GraphSession):
                 values[f"past_key_values.{spec.layer}.{kind}"] = ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
         return KVCache(values, 0)
 
+    def _reserve(self, cache: KVCache, total: int) -> None:
+        """Give every in-place layer a private buffer with room for ``total`` rows (rows kept: the cache)."""
+        import onnxruntime as ort
+
+        for name in self.in_place:
+            value = cache.values[name]
+            shape = value.shape()
+            if shape[2] >= total and not cache.borrowed:
+                continue
+            capacity = shape[2] if shape[2] >= total else max(total, 2 * shape[2])
+            capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
+            buffer = np.zeros((shape[0], shape[1], capacity, shape[3]), dtype=_NP_TYPES.get(value.data_type(), np.float32))
+            if cache.length:
+                buffer[:, :, : cache.length] = value.numpy()[:, :, : cache.length]
+            cache.values[name] = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)
+        cache.borrowed = False
+
     def _bind(self, feeds: dict, arrays: dict, cache: KVCache):
         import onnxruntime as ort
 
@@ -363,7 +406,11 @@ class DecoderSession(GraphSession):
         for name, value in cache.values.items():
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
-            binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
+            past = name.replace("present.", "past_key_values.")
+            if past in self.in_place:
+                binding.bind_ortvalue_output(name, cache.values[past])      # the same buffer: written in place
+            else:
+                binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
         return binding, keep_alive
 
     def forward(self, feeds: dict, cache: KVCache, seq_len: int) -> np.ndarray:
@@ -378,12 +425,15 @@ class DecoderSession(GraphSession):
         }
         if self.keeps_logits:
             arrays["num_logits_to_keep"] = np.array(1, dtype=np.int64)
+        if self.in_place:
+            self._reserve(cache, total)
         try:
             binding, keep_alive = self._bind(feeds, arrays, cache)
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime's own error types
             self._fall_back_to_cpu(exc)
             self.device = "cpu"
+            self.in_place = frozenset()
             feeds = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in feeds.items() if v is not None}
             for name, value in cache.values.items():
                 cache.values[name] = ort.OrtValue.ortvalue_from_numpy(value.numpy(), "cpu", 0)
@@ -393,7 +443,8 @@ class DecoderSession(GraphSession):
             trim_heap()             # a prefill chunk's activations (decode steps are small: not worth it)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         for name in cache.values:
-            cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
+            if name not in self.in_place:
+                cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
         cache.length = total
         del keep_alive
         logits = outputs["logits"].numpy()
