@@ -263,7 +263,15 @@ class Pipeline:
         t0 = time.perf_counter()
         inputs = self.prompt_inputs(prompt, use, offset=hit.length if hit is not None else 0)
         timings["vision_s"] = time.perf_counter() - t0
-        logits, cache = prefill(self.decoder, inputs, start=start)
+        anchors = set(probe.anchors)
+
+        def keep_anchor(end, logits, cache):
+            # a ring cache cannot be cut back to an earlier boundary later: keep each anchor's own entry
+            if end in anchors:
+                self.prefix_cache.store(signature.prefix(end), [b for b in bounds if b[1] <= end], cache, logits)
+
+        logits, cache = prefill(self.decoder, inputs, start=start,
+                                after_chunk=keep_anchor if self.decoder.ring_capacity else None)
         self.prefix_cache.store(signature, bounds, cache, logits)
         return logits, cache
 

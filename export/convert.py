@@ -244,6 +244,16 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
     return entries
 
 
+def write_ring_variants(output: Path, entries: dict, stages: _Stages) -> None:
+    """Each precision's decoder gets its ring variant (same weights file; see ``ring_graph``)."""
+    from .ring_graph import write_ring_variant
+
+    for precision, entry in entries.items():
+        ring = stages.run(f"{precision}: ring-cache decoder variant", write_ring_variant, output / entry["decoder"])
+        if ring is not None:
+            entry["decoder_ring"] = ring.relative_to(output).as_posix()
+
+
 def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, validate=True,
                  progress: Callable[[str], None] = print, tolerance: float = FP32_TOLERANCE,
                  force: bool = False) -> Path:
@@ -297,6 +307,7 @@ def export_model(model_id_or_dir, output_dir, precisions=("fp32",), opset=None, 
         parity = report.as_dict()
     entries = {"fp32": dict(files, size_bytes=model_folder.files_size(output, files))}
     entries.update(quantize_precisions(output, chosen, reference_onnx, config, stages))
+    write_ring_variants(output, entries, stages)
     layout = DecoderLayout.from_text_config(config.get_text_config())
     model_folder.write_interop_files(output, config, entries)
     model_folder.write_manifest(output, config=config, layout=layout, source=source,

@@ -126,6 +126,12 @@ def test_reuse_stops_at_chunk_boundaries_shared_by_both_prompts(cached, clips):
     ids[cut] = ids[cut] + 1 if ids[cut] + 1 not in cached.turn_start_ids else ids[cut] + 2
     other = PromptSignature(ids, signature.media)
     hit = cached.prefix_cache.lookup(other, bounds)
+    if cached.decoder.ring_capacity:
+        # a ring cache cannot be cut back: its entries are kept at the prompt's anchors (turn starts, media
+        # ends), so the reuse stops at the last anchor before the difference
+        expected = max(a for a in (0, *inputs.anchors) if a <= bounds[3][0])
+        assert (hit.length if hit is not None else 0) == expected
+        return
     assert hit is not None and hit.length == bounds[3][0]
     # and the cut cache holds exactly that many positions
     kv = hit.cache("cpu")
@@ -137,12 +143,15 @@ def test_lru_by_bytes_and_off_switch(model_dir, clips):
     pipeline = load(model_dir)
     run(pipeline, [ask(clips[0], "What happens in this video?")])
     one = pipeline.prefix_cache.stats().bytes
-    assert one > 0 and len(pipeline.prefix_cache) == 1
+    ring = bool(pipeline.decoder.ring_capacity)        # ring caches keep one entry per anchor, not one per prompt
+    entries = len(pipeline.prefix_cache)
+    assert one > 0 and (entries > 1 if ring else entries == 1)
     small = load(model_dir, prefix_cache_bytes=int(one * 1.5))
     run(small, [ask(clips[0], "What happens in this video?")])
     run(small, [ask(clips[1], "What happens in this video?")])       # evicts the first
     stats = small.prefix_cache.stats()
-    assert stats.entries == 1 and stats.evictions == 1 and stats.bytes <= stats.max_bytes
+    assert stats.evictions >= 1 and stats.bytes <= stats.max_bytes
+    assert stats.entries == 1 and stats.evictions == 1 or ring
     _, _, reused, _ = run(small, [ask(clips[0], "Which colour is the square?")])
     assert reused <= int(small.build_prompt([ask(clips[0], "x")],
                                             GenerationOptions(num_frames=FRAMES)).media_positions()[0][0])
@@ -161,7 +170,8 @@ def test_a_longer_prompt_covers_its_prefix_entry(cached, clips):
     entries = len(cached.prefix_cache)
     _, again, reused, _ = run(cached, turn1)                         # the first prompt again, exactly
     assert np.array_equal(again, logits1)
-    assert entries <= 2 and reused > 0
+    anchors = len(cached.prefill_anchors(cached.build_prompt(turn2, GenerationOptions(num_frames=FRAMES))))
+    assert entries <= (anchors + 2 if cached.decoder.ring_capacity else 2) and reused > 0
 
 
 def test_cache_rejects_bad_sizes():

@@ -82,9 +82,10 @@ def test_greedy_tokens_match_transformers(shape, root, clip):
 
 @pytest.mark.parametrize("shape", ["e2b_like", "bidirectional"])
 def test_kv_written_in_place_equals_a_growing_cache(shape, root, clip):
-    """The kernel graph with past and present bound to one buffer (written in place, grown by doubling past
-    256 rows) against the same graph fed a growing cache: prefill in 7-token chunks (chunk ends inside and
-    across the 16-slot sliding window), the same logits after every chunk and the same 40 greedy tokens."""
+    """The kernel graph's ring variant with past and present bound to one buffer (sliding layers: a ring of
+    16 + 256 slots the kernel evicts from; full layers: grown by doubling past 256 rows) against the portable
+    graph fed a growing cache: prefill in 7-token chunks (chunk ends inside and across the 16-slot sliding
+    window and the ring's capacity), the same logits after every chunk and the same 40 greedy tokens."""
     from edgevid.model.generate import prefill_bounds
     from edgevid.model.sessions import SessionConfig
 
@@ -106,8 +107,14 @@ def test_kv_written_in_place_equals_a_growing_cache(shape, root, clip):
             if e.per_layer_inputs is not None:
                 feeds["per_layer_inputs"] = e.per_layer_inputs[:, a:b]
             chunk_logits.append(pipeline.decoder.forward(feeds, cache, b - a))
-        if in_place:
-            assert cache.values["past_key_values.0.key"].shape()[2] >= 512      # grew past 256 rows
+        decoder = pipeline.decoder
+        for name in decoder.in_place:
+            rows = cache.values[name].shape()[2]
+            if name in decoder.ring_capacity:                 # a ring: its fixed window + slack, evicting
+                assert rows == decoder.ring_capacity[name] < cache.length
+            else:
+                assert rows >= 512                            # a full-length buffer that grew past 256 rows
+        assert bool(decoder.ring_capacity) is (in_place and shape == "e2b_like")
         result = pipeline.chat(video_messages(clip), options)
         runs[in_place] = (np.stack(chunk_logits), list(result.token_ids))
     np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-5, rtol=0)

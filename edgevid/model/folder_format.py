@@ -3,14 +3,18 @@
 drift apart.
 
 Format 2 is onnx-community's layout (what transformers.js loads): graphs in ``onnx/<graph><suffix>.onnx``,
-``edgevid.json`` optional and only adding facts. Format 1 folders (graphs at the root, ``edgevid.json``
-listing them) still load.
+``edgevid.json`` optional and only adding facts. Format 3 is the same layout with a kernel decoder: its cache
+layers attend through ``com.microsoft.GroupQueryAttention`` and the graph's metadata ``edgevid.kv_in_place``
+names the layers whose KV cache the runtime may write in place (``decoder.kv_in_place`` in ``edgevid.json``
+says the same). The tensor contract is unchanged, so format 2 runtimes run it with a growing cache, and
+format 2 folders (classic decoders, e.g. the bundled demo) and format 1 folders (graphs at the root,
+``edgevid.json`` listing them) still load.
 """
 from __future__ import annotations
 
 MANIFEST = "edgevid.json"
-FORMAT_VERSION = 2                         # what export writes
-SUPPORTED_FORMAT_VERSIONS = (1, 2)         # what the runtime reads
+FORMAT_VERSION = 3                         # what export writes
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)      # what the runtime reads
 GRAPH_DIR = "onnx"
 
 PRECISIONS = ("fp32", "fp16", "int8", "q4", "q4f16")     # what export writes

@@ -167,10 +167,11 @@ def prompt_bounds(decoder: DecoderSession, prompt: PromptInputs, chunk: int | No
 
 
 def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None, *,
-            start: KVCache | None = None):
+            start: KVCache | None = None, after_chunk=None):
     """Run the prompt through the decoder in chunks (bounded activation memory; the KV cache makes
     the result the same as one pass): (last position's logits, filled KVCache). With ``start`` (a cache
-    holding the first ``start.length`` positions, which must be a chunk boundary), only the rest runs."""
+    holding the first ``start.length`` positions, which must be a chunk boundary), only the rest runs.
+    ``after_chunk(end, logits, cache)`` is called after every chunk but the last."""
     cache = start if start is not None else decoder.empty_cache()
     done = cache.length
     if done != prompt.offset:
@@ -189,6 +190,8 @@ def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = N
             feeds["per_layer_inputs"] = e.per_layer_inputs[:, r]
         logits = decoder.forward(feeds, cache, b - a)
         done = b
+        if after_chunk is not None and b < ids.shape[1]:
+            after_chunk(b, logits, cache)
     return logits, cache
 
 

@@ -64,6 +64,10 @@ class PromptSignature:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def prefix(self, length: int) -> "PromptSignature":
+        """The signature of the first ``length`` positions (media wholly inside them)."""
+        return PromptSignature(self.input_ids[:length], tuple(m for m in self.media if m.stop <= length))
+
     def common_prefix(self, other: "PromptSignature") -> int:
         """Length of the longest prefix the two prompts share, media content included."""
         n = min(len(self), len(other))
@@ -124,6 +128,8 @@ class _Entry:
     values: dict                           # past name -> OrtValue [1, kv_heads, length, head_dim]
     logits: dict[int, np.ndarray]          # position -> logits of the row before it (at least at length)
     nbytes: int
+    cuttable: bool = True                  # False when it holds ring caches: reusable at its length only
+    ring: frozenset = frozenset()
 
     @property
     def length(self) -> int:
@@ -139,12 +145,13 @@ class PrefixHit:
     values: dict
     stored_length: int
     logits: np.ndarray | None = None
+    ring: frozenset = frozenset()
     _cut: dict | None = field(default=None, repr=False)
 
     def cache(self, device: str = "cpu") -> KVCache:
         """A fresh :class:`KVCache` over the reused prefix (cut to ``length`` when the entry is longer)."""
         if self.length == self.stored_length:
-            return KVCache(dict(self.values), self.length, borrowed=True)
+            return KVCache(dict(self.values), self.length, borrowed=True, ring=self.ring)
         if self._cut is None:
             import onnxruntime as ort
 
@@ -197,7 +204,7 @@ class PrefixCache:
             self._hits += 1
             self._reused += best_len
             logits = best.logits.get(best_len) if best_len == len(signature) else None
-            return PrefixHit(best_len, dict(best.values), best.length, logits)
+            return PrefixHit(best_len, dict(best.values), best.length, logits, ring=best.ring)
 
     def store(self, signature: PromptSignature, bounds: Sequence[tuple[int, int]], cache: KVCache,
               logits: np.ndarray) -> bool:
@@ -206,16 +213,24 @@ class PrefixCache:
         ends = tuple(b for _, b in bounds)
         if cache.length != len(signature) or not ends or ends[-1] != len(signature):
             raise ValueError("store() takes the cache of the whole prefilled prompt")
-        values = dict(cache.values)
+        with self._lock:
+            for key, old in self._entries.items():
+                if old.ends == ends and old.signature.common_prefix(signature) == len(signature) == old.length:
+                    self._entries.move_to_end(key)          # the same prefix, chunked the same way: kept already
+                    old.logits.setdefault(len(signature), np.array(logits, copy=True))
+                    return True
+        kept = cache.snapshot()
+        values = kept.values
         nbytes = sum(_ort_nbytes(v) for v in values.values()) + signature.input_ids.nbytes + 2 * logits.nbytes
         if nbytes > self.max_bytes:
             log.debug("not keeping a %d-token prefix: %d bytes > prefix cache size %d", len(signature), nbytes,
                       self.max_bytes)
             return False
-        entry = _Entry(signature, ends, values, {len(signature): np.array(logits, copy=True)}, nbytes)
+        entry = _Entry(signature, ends, values, {len(signature): np.array(logits, copy=True)}, nbytes,
+                       cuttable=not kept.ring, ring=kept.ring)
         with self._lock:
             for key, old in list(self._entries.items()):
-                if old.signature is signature or _covers(entry, old):
+                if old.signature is signature or (entry.cuttable and _covers(entry, old)):
                     if old.length not in entry.logits and old.length in old.logits:
                         entry.logits[old.length] = old.logits[old.length]
                     self._drop(key)
@@ -258,6 +273,8 @@ def _reusable(entry: _Entry, signature: PromptSignature, ends: tuple[int, ...]) 
         if a == len(signature) and a not in entry.logits:
             break
         best = a
+    if not entry.cuttable and best != entry.length:
+        return 0            # a ring cache's rows are the kernel's layout at its length: no shorter prefix in it
     return best
 
 

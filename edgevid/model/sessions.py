@@ -62,6 +62,8 @@ _NP_TYPES = {
 }
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past and present may be one buffer
+KV_RING = "edgevid.kv_ring"             # ring variant's metadata: "layer:capacity" of window-sized caches
+MERGED_STEM, RING_STEM = "decoder_model_merged", "decoder_model_ring"
 CAPACITY_STEP = 256                     # in-place KV buffers grow in multiples of this many rows
 
 
@@ -315,17 +317,32 @@ class KVCache:
     the buffers are shared with someone else (a prefix-cache entry), so the decoder copies them before it
     writes."""
 
-    def __init__(self, values: dict, length: int = 0, borrowed: bool = False):
+    def __init__(self, values: dict, length: int = 0, borrowed: bool = False, ring: frozenset = frozenset()):
         self.values = values          # input name ("past_key_values.{i}.key") -> OrtValue
         self.length = length
         self.borrowed = borrowed
+        self.ring = ring              # names whose buffer is a window-sized ring (its rows move as it evicts)
+
+    def snapshot(self) -> "KVCache":
+        """A cache that later writes to this one cannot change: ring buffers copied, everything else shared
+        (growing values are never written; in-place buffers only get rows past ``length``)."""
+        import onnxruntime as ort
+
+        values = {name: ort.OrtValue.ortvalue_from_numpy(value.numpy().copy(), "cpu", 0) if name in self.ring else value
+                  for name, value in self.values.items()}
+        return KVCache(values, self.length, borrowed=False, ring=self.ring)
 
 
 class DecoderSession(GraphSession):
     """``decoder_model_merged``: one graph for prefill and decode, KV cache fed back via IO binding."""
 
     def __init__(self, path, choice, config=SessionConfig()):
-        super().__init__(path, choice, config)
+        path = Path(path)
+        ring = path.with_name(path.name.replace(MERGED_STEM, RING_STEM, 1))
+        use_ring = (ring != path and ring.is_file() and config.kv_in_place and choice.name == CPU)
+        super().__init__(ring if use_ring else path, choice, config)
+        if use_ring:
+            log.info("%s: ring-cache variant %s (sliding layers keep a window-sized cache)", path.name, ring.name)
         self.cache_specs = self._read_cache_specs()
         self.needs_input_ids = "input_ids" in self.inputs
         self.needs_per_layer = "per_layer_inputs" in self.inputs
@@ -333,6 +350,7 @@ class DecoderSession(GraphSession):
         self.embeds_dtype = self.input_dtype("inputs_embeds")
         self.device = choice.ort_device if self.provider == choice.name else "cpu"
         self.in_place = self._in_place_names()
+        self.ring_capacity = self._ring_capacity() if self.in_place else {}
 
     def _in_place_names(self) -> frozenset:
         """Past inputs that may share one buffer with their present (CPU only: growing a device buffer
@@ -373,20 +391,40 @@ class DecoderSession(GraphSession):
                 values[f"past_key_values.{spec.layer}.{kind}"] = ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
         return KVCache(values, 0)
 
+    def _ring_capacity(self) -> dict:
+        """Ring layers' past names -> their fixed capacity (the ring variant's ``edgevid.kv_ring``)."""
+        listed = self.session.get_modelmeta().custom_metadata_map.get(KV_RING, "")
+        out = {}
+        for item in filter(None, (x.strip() for x in listed.split(","))):
+            layer, capacity = item.split(":")
+            for kind in ("key", "value"):
+                if f"past_key_values.{layer}.{kind}" in self.in_place:
+                    out[f"past_key_values.{layer}.{kind}"] = int(capacity)
+        return out
+
     def _reserve(self, cache: KVCache, total: int) -> None:
-        """Give every in-place layer a private buffer with room for ``total`` rows (rows kept: the cache)."""
+        """Give every in-place layer a private buffer with room for ``total`` rows (rows kept: the cache);
+        a ring layer's buffer has its fixed capacity and is copied whole (its rows are the kernel's layout)."""
         import onnxruntime as ort
 
+        cache.ring = frozenset(self.ring_capacity)
         for name in self.in_place:
             value = cache.values[name]
             shape = value.shape()
-            if shape[2] >= total and not cache.borrowed:
-                continue
-            capacity = shape[2] if shape[2] >= total else max(total, 2 * shape[2])
-            capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
+            ring = self.ring_capacity.get(name)
+            if ring is not None:
+                if shape[2] == ring and not cache.borrowed:
+                    continue
+                capacity, keep = ring, (shape[2] if cache.length else 0)
+            else:
+                if shape[2] >= total and not cache.borrowed:
+                    continue
+                capacity = shape[2] if shape[2] >= total else max(total, 2 * shape[2])
+                capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
+                keep = cache.length
             buffer = np.zeros((shape[0], shape[1], capacity, shape[3]), dtype=_NP_TYPES.get(value.data_type(), np.float32))
-            if cache.length:
-                buffer[:, :, : cache.length] = value.numpy()[:, :, : cache.length]
+            if keep:
+                buffer[:, :, :keep] = value.numpy()[:, :, :keep]
             cache.values[name] = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)
         cache.borrowed = False
 

@@ -1,0 +1,56 @@
+"""The ring variant of a kernel decoder: sliding layers keep only a window-sized KV cache.
+
+``decoder_model_merged<suffix>.onnx`` attends through ``GroupQueryAttention`` and takes a growing or a
+full-length in-place cache (what transformers.js and every other runtime feed it). Its ring variant,
+``decoder_model_ring<suffix>.onnx``, is the same graph with ``sliding_window_cache=1`` on the sliding
+layers' attention: their cache is a buffer of ``sliding_window + RING_SLACK`` slots that the kernel evicts
+from itself, so a decode step reads at most that many keys whatever the context length, and the cache
+stops growing. Every initializer is the same, so the variant references the original's weight file: it
+costs a few hundred kilobytes of graph, no weights. edgevid's runtime picks it on the CPU
+(``edgevid.model.sessions.DecoderSession``); it cannot take a growing cache, so it is a separate file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+KV_RING = "edgevid.kv_ring"                   # metadata: "layer:capacity,..." of the ring layers
+RING_STEM = "decoder_model_ring"
+MERGED_STEM = "decoder_model_merged"
+RING_SLACK = 256                              # slots above the window: the kernel compacts every 257 steps
+
+
+def ring_path(decoder: Path) -> Path:
+    return decoder.with_name(decoder.name.replace(MERGED_STEM, RING_STEM, 1))
+
+
+def write_ring_variant(decoder: Path) -> Path | None:
+    """Write the ring variant next to ``decoder`` (None when no layer has a window to ring)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(decoder), load_external_data=False)
+    past = {i.name: i for i in model.graph.input}
+    rings = {}
+    for node in model.graph.node:
+        if node.op_type != "GroupQueryAttention" or node.domain != "com.microsoft":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        window = int(attrs.get("local_window_size", -1))
+        if window <= 0 or attrs.get("sliding_window_cache"):
+            continue
+        node.attribute.append(helper.make_attribute("sliding_window_cache", 1))
+        layer = node.input[3].split(".")[1]
+        if node.input[3] in past:
+            rings[layer] = window + RING_SLACK
+    if not rings:
+        return None
+    kept = [p for p in model.metadata_props if p.key != KV_RING]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=KV_RING, value=",".join(f"{k}:{v}" for k, v in sorted(rings.items(), key=lambda kv: int(kv[0]))))
+    for value in (*model.graph.input, *model.graph.output):       # the cache axis is now a capacity
+        if value.name.startswith(("past_key_values.", "present.")) and value.name.split(".")[1] in rings:
+            value.type.tensor_type.shape.dim[2].dim_param = "ring_capacity"
+    out = ring_path(decoder)
+    onnx.save(model, str(out))          # initializers keep their external-data entries: the same weight file
+    return out
