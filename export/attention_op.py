@@ -8,9 +8,8 @@ instead (transformers.js, older edgevid), it returns ``past + new`` like the cla
 contract is the same either way.
 
 Queries and keys arrive already normalised and rotated (the graph does Gemma's per-head RMSNorm and its
-proportional RoPE itself, exactly as before), so the op's own rotary and q/k-norm inputs stay unused.
-``causal=0`` with an additive ``bias`` is for models whose vision tokens attend bidirectionally within a
-block: the bias then carries the causal, window and block mask.
+proportional RoPE itself, exactly as before), so the op's own rotary and q/k-norm inputs stay unused. The
+additive ``bias`` (attention_bias) masks padding; causality and the window are the kernel's.
 
 The eager implementation is the op's reference semantics (growing cache, additive bias, fp32 softmax); the
 export traces only its fake (shape) implementation.
@@ -28,7 +27,7 @@ MASKED = -1.0e9
 def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, past_key: torch.Tensor,
                           past_value: torch.Tensor, seqlens_k: torch.Tensor, total_sequence_length: torch.Tensor,
                           bias: Optional[torch.Tensor], num_heads: int, kv_heads: int, scale: float,
-                          window: int, causal: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """query [b, s, heads*d], key/value [b, s, kv*d], past [b, kv, p, d] -> (out [b, s, heads*d],
     present key/value [b, kv, p+s, d])."""
     b, s, _ = query.shape
@@ -39,13 +38,12 @@ def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     q = query.view(b, s, num_heads, d).transpose(1, 2)
     groups = num_heads // kv_heads
     scores = torch.matmul(q, k.repeat_interleave(groups, dim=1).transpose(2, 3)).float() * scale
-    if causal:
-        q_pos = torch.arange(s).unsqueeze(1) + (total - s)
-        k_pos = torch.arange(total).unsqueeze(0)
-        allowed = k_pos <= q_pos
-        if window > 0:
-            allowed = allowed & (k_pos > q_pos - window)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+    q_pos = torch.arange(s).unsqueeze(1) + (total - s)
+    k_pos = torch.arange(total).unsqueeze(0)
+    allowed = k_pos <= q_pos
+    if window > 0:
+        allowed = allowed & (k_pos > q_pos - window)
+    scores = scores.masked_fill(~allowed, float("-inf"))
     if bias is not None:
         scores = scores + bias.float()
     probs = torch.softmax(scores, dim=-1).to(query.dtype)
@@ -55,7 +53,7 @@ def group_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
 
 @group_query_attention.register_fake
 def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, bias, num_heads, kv_heads,
-      scale, window, causal):
+      scale, window):
     b, s, _ = query.shape
     present = past_key.new_empty((b, past_key.shape[1], past_key.shape[2] + s, past_key.shape[3]))
     return query.new_empty(query.shape), present, torch.empty_like(present)
@@ -63,7 +61,7 @@ def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
 
 _INPUTS = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache",
            "sin_cache", "position_ids", "attention_bias")
-_ATTRIBUTES = {"num_heads": "INT", "kv_num_heads": "INT", "scale": "FLOAT", "local_window_size": "INT", "causal": "INT"}
+_ATTRIBUTES = {"num_heads": "INT", "kv_num_heads": "INT", "scale": "FLOAT", "local_window_size": "INT"}
 
 
 def _register_schema() -> None:
@@ -97,14 +95,9 @@ def onnx_translation() -> dict:
     msft = onnxscript.values.Opset("com.microsoft", 1)
 
     def translate(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, bias, num_heads,
-                  kv_heads, scale, window, causal):
+                  kv_heads, scale, window):
         extra = () if bias is None else (None, None, None, bias)     # cos_cache, sin_cache, position_ids
-        # attributes at their defaults are left out: older onnxruntime builds (transformers.js's) lack ``causal``
-        optional = {}
-        if window > 0:
-            optional["local_window_size"] = window
-        if not causal:
-            optional["causal"] = 0
+        optional = {"local_window_size": window} if window > 0 else {}
         return msft.GroupQueryAttention(
             query, key, value, past_key, past_value, seqlens_k, total_sequence_length, *extra,
             num_heads=num_heads, kv_num_heads=kv_heads, scale=float(scale), _outputs=3, **optional)

@@ -95,9 +95,12 @@ class DecoderLayout:
     @property
     def in_place_layers(self) -> tuple[int, ...]:
         """Cache layers whose keys/values no KV-shared layer reads: in a kernel graph they attend through
-        ``GroupQueryAttention`` and their past/present may be one preallocated buffer written in place."""
+        ``GroupQueryAttention`` and their past/present may be one preallocated buffer written in place.
+        Not the sliding layers of a bidirectional-vision model: their vision blocks need ``causal=0``, which
+        the onnxruntime builds in onnxruntime-openvino (1.24) and transformers.js do not know."""
         producers = set(self.shared_from.values())
-        return tuple(i for i in self.cache_layers if i not in producers)
+        return tuple(i for i in self.cache_layers if i not in producers
+                     and not (self.bidirectional_vision and self.layer_types[i] == "sliding_attention"))
 
     @property
     def first_shared_layer(self) -> int | None:
@@ -228,13 +231,10 @@ class DecoderGraph(nn.Module):
         v = rms_norm(v_raw, attn.v_norm)
         sliding = self.layout.layer_types[i] == "sliding_attention"
         # the additive mask goes in as attention_bias: it carries the padding of left-padded rows (the
-        # kernel's own causal/window rules count cache slots, as transformers' caches do) and, on
-        # bidirectional models' sliding layers, where vision blocks see each other, everything (causal=0)
-        bidirectional = sliding and self.layout.bidirectional_vision
+        # kernel's own causal and window rules count cache slots, as transformers' caches do)
         out, key, value = group_query_attention(
             q.reshape(b, s, -1), k.reshape(b, s, -1), v.reshape(b, s, -1), past[0], past[1], *lengths,
-            mask, q.shape[2], k.shape[2], float(attention_scaling(attn)),
-            self.tc.sliding_window if sliding and not bidirectional else -1, 0 if bidirectional else 1)
+            mask, q.shape[2], k.shape[2], float(attention_scaling(attn)), self.tc.sliding_window if sliding else -1)
         return attn.o_proj(out), (key, value)
 
     def _window(self, k, v, mask, rows):
