@@ -88,7 +88,8 @@ def _register_schema() -> None:
 
 
 def onnx_translation() -> dict:
-    """``custom_translation_table`` entry for ``torch.onnx.export``: the op as ``com.microsoft.GroupQueryAttention``."""
+    """``custom_translation_table`` entries for ``torch.onnx.export``: the op as
+    ``com.microsoft.GroupQueryAttention``, and :func:`rotary_embedding` as ``com.microsoft.RotaryEmbedding``."""
     import onnxscript
 
     _register_schema()
@@ -102,4 +103,52 @@ def onnx_translation() -> dict:
             query, key, value, past_key, past_value, seqlens_k, total_sequence_length, *extra,
             num_heads=num_heads, kv_num_heads=kv_heads, scale=float(scale), _outputs=3, **optional)
 
-    return {torch.ops.edgevid.group_query_attention.default: translate}
+    return {torch.ops.edgevid.group_query_attention.default: translate, **rotary_translation()}
+
+
+@torch.library.custom_op("edgevid::rotary_embedding", mutates_args=())
+def rotary_embedding(x: torch.Tensor, position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor,
+                     num_heads: int) -> torch.Tensor:
+    """Gemma's RoPE (rotate-half) on x [b, s, heads*d]: row ``position_ids[b, s]`` of the caches
+    [rows, d/2] holds that token's cos/sin (already scaled)."""
+    b, s, _ = x.shape
+    half = cos_cache.shape[-1]
+    cos = cos_cache[position_ids].unsqueeze(2)                 # [b, s, 1, d/2]
+    sin = sin_cache[position_ids].unsqueeze(2)
+    x = x.view(b, s, num_heads, 2 * half)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.reshape(b, s, -1)
+
+
+@rotary_embedding.register_fake
+def _(x, position_ids, cos_cache, sin_cache, num_heads):
+    return x.new_empty(x.shape)
+
+
+def _register_rotary_schema() -> None:
+    import onnx
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has("RotaryEmbedding", "com.microsoft"):
+        return
+    inputs = [OpSchema.FormalParameter(name, kind, "") for name, kind in
+              (("input", "T"), ("position_ids", "M"), ("cos_cache", "T"), ("sin_cache", "T"))]
+    onnx.defs.register_schema(OpSchema(
+        "RotaryEmbedding", "com.microsoft", 1, inputs=inputs, outputs=[OpSchema.FormalParameter("output", "T", "")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int64)"], "")]))
+
+
+def rotary_translation() -> dict:
+    """``custom_translation_table`` entry: the op as ``com.microsoft.RotaryEmbedding`` (one node instead of
+    the Slice/Neg/Concat/Mul/Add chain per query and key)."""
+    import onnxscript
+
+    _register_rotary_schema()
+    msft = onnxscript.values.Opset("com.microsoft", 1)
+
+    def translate(x, position_ids, cos_cache, sin_cache, num_heads):
+        return msft.RotaryEmbedding(x, position_ids, cos_cache, sin_cache, num_heads=num_heads)
+
+    return {torch.ops.edgevid.rotary_embedding.default: translate}

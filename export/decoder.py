@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention_op import group_query_attention
+from .attention_op import group_query_attention, rotary_embedding
 from .compat import (attention_scaling, kv_sharing_modes, layer_attention_shape, norm_eps, norm_weight,
                      rope_tables)
 
@@ -200,10 +200,9 @@ class DecoderGraph(nn.Module):
         d = attn.head_dim
         cos, sin = rope
         q = rms_norm(attn.q_proj(h).view(b, s, -1, d), attn.q_norm)
-        q = rotate(q, cos, sin)
         if self.kernel and i in self.layout.in_place_layers:
             return self._kernel_attention(attn, i, h, q, rope, mask, past, lengths)
-        q = q.transpose(1, 2)
+        q = rotate(q, cos, sin).transpose(1, 2)
         present = None
         if i in self.layout.shared_from:
             k, v = shared[self.layout.shared_from[i]]
@@ -227,8 +226,15 @@ class DecoderGraph(nn.Module):
         d = attn.head_dim
         k_raw = attn.k_proj(h).view(b, s, -1, d)
         v_raw = attn.v_proj(h).view(b, s, -1, d) if attn.v_proj is not None else k_raw
-        k = rotate(rms_norm(k_raw, attn.k_norm), *rope)
         v = rms_norm(v_raw, attn.v_norm)
+        # RoPE as one fused node per tensor: the caches are this call's own rows (one per token)
+        cos, sin = rope
+        half = d // 2
+        rows = torch.arange(b * s, device=h.device).view(b, s)
+        cos_rows, sin_rows = cos[..., :half].reshape(b * s, half), sin[..., :half].reshape(b * s, half)
+        q = rotary_embedding(q.reshape(b, s, -1), rows, cos_rows, sin_rows, q.shape[2]).view(b, s, -1, d)
+        k = rotary_embedding(rms_norm(k_raw, attn.k_norm).reshape(b, s, -1), rows, cos_rows, sin_rows,
+                             k_raw.shape[2]).view(b, s, -1, d)
         sliding = self.layout.layer_types[i] == "sliding_attention"
         # the additive mask goes in as attention_bias: it carries the padding of left-padded rows (the
         # kernel's own causal and window rules count cache slots, as transformers' caches do)

@@ -12,7 +12,13 @@ the other attention implementation (sdpa <-> eager), which changes only the orde
 tiny model that spread is 1e-6 to 1.5e-5 (by CPU) and the limit stays at or near 1e-4; on the 258M random E2B-shaped bench model it is
 1.0e-3 (fp32 rounding grows with width and depth) and the exported graphs differ by 4.2e-3 with every token
 identical, which a fixed 1e-4 refused.
-Greedy tokens must match exactly either way.
+Greedy decoding is compared step by step: the reference decodes freely, the ONNX side is fed the
+reference's tokens (teacher forcing, so one difference cannot derail every later step) and its logits at
+every step must also be within the limit. Its token must equal the reference's at every step the reference
+*decides*: where the reference's own top-1/top-2 margin exceeds the limit. A step whose margin is inside the
+limit is a tie PyTorch itself does not settle (its sdpa and eager forwards differ there too, measured at E2B
+size in docs/real-size.md); it is reported, not failed. On the tests' models the limit is 1e-4 and every
+step is decided, so the tokens must be identical throughout.
 """
 from __future__ import annotations
 
@@ -38,17 +44,28 @@ class ParityReport:
     prompt_tokens: int
     tolerance: float
     torch_noise: float = 0.0        # PyTorch's own prefill spread across attention implementations
+    decode_max_abs_diff: float = 0.0    # largest step-logits difference while decoding (teacher-forced)
+    ties: tuple = ()                # steps whose reference margin is within the limit (not decided)
 
     @property
     def limit(self) -> float:
         return max(self.tolerance, NOISE_FACTOR * self.torch_noise)
 
     @property
+    def decided_match(self) -> bool:
+        """Every step the reference decides (margin beyond the limit) has the same token."""
+        return self.first_mismatch is None or all(step in self.ties for step in self.mismatches)
+
+    mismatches: tuple = ()          # steps whose tokens differ (teacher-forced)
+
+    @property
     def passed(self) -> bool:
-        return self.greedy_match and self.prefill_max_abs_diff <= self.limit
+        return (self.decided_match and self.prefill_max_abs_diff <= self.limit
+                and self.decode_max_abs_diff <= self.limit)
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"limit": self.limit, "passed": self.passed}
+        return asdict(self) | {"limit": self.limit, "passed": self.passed, "ties": list(self.ties),
+                               "mismatches": list(self.mismatches)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class Decoded:
     tokens: list                    # greedy continuation
     features: np.ndarray            # vision features [soft_tokens, hidden]
     noise: float = 0.0              # reference only: see torch_noise
+    step_logits: np.ndarray | None = None   # [steps, vocab]: the logits each token was chosen from
 
 
 def _session(path: Path, mapped: bool = False):
@@ -145,7 +163,9 @@ class OnnxGemma:
                 cache[name] = np.zeros((batch, kv_heads, 0, head_dim), dtype=dtype)
         return cache
 
-    def greedy(self, prompt: ParityPrompt, steps: int) -> Decoded:
+    def greedy(self, prompt: ParityPrompt, steps: int, forced: list | None = None) -> Decoded:
+        """Greedy decoding over the graphs; with ``forced`` (the reference's tokens) each step is fed the
+        forced token instead of its own choice."""
         features = self.encode_vision(prompt)
         ids = prompt.input_ids
         embeds, per_layer = self._embed(ids)
@@ -153,15 +173,18 @@ class OnnxGemma:
         embeds[ids == self.video_token_id] = features
         logits, cache = self._decode(embeds, per_layer, ids, 0, self._empty_cache(ids.shape[0]))
         prefill = logits[0]
+        rows = [prefill[-1]]
         tokens = [int(prefill[-1].argmax())]
         length = ids.shape[1]
-        for _ in range(steps - 1):
-            step_ids = np.asarray([[tokens[-1]]], dtype=np.int64)
+        for k in range(steps - 1):
+            fed = forced[k] if forced is not None else tokens[-1]      # teacher forcing: the reference's token
+            step_ids = np.asarray([[fed]], dtype=np.int64)
             embeds, per_layer = self._embed(step_ids)
             logits, cache = self._decode(embeds, per_layer, step_ids, length, cache, keep=1)
             length += 1
+            rows.append(logits[0, -1])
             tokens.append(int(logits[0, -1].argmax()))
-        return Decoded(prefill, tokens, features)
+        return Decoded(prefill, tokens, features, step_logits=np.stack(rows).astype(np.float32))
 
 
 def with_cache(model, cache) -> dict:
@@ -193,6 +216,7 @@ def torch_greedy(model, prompt: ParityPrompt, steps: int, vision: bool = True) -
                     attention_mask=torch.ones_like(ids), use_cache=True)
         prefill = out.logits[0].float().numpy()
         cache = cache_of(out)
+        rows = [prefill[-1]]
         tokens = [int(prefill[-1].argmax())]
         length = ids.shape[1]
         for _ in range(steps - 1):
@@ -202,13 +226,14 @@ def torch_greedy(model, prompt: ParityPrompt, steps: int, vision: bool = True) -
                         position_ids=torch.tensor([[length]]))
             cache = cache_of(out)
             length += 1
+            rows.append(out.logits[0, -1].float().numpy())
             tokens.append(int(out.logits[0, -1].argmax()))
         features = np.zeros((0,), np.float32)
         if vision:
             features = model.model.get_video_features(
                 pixel_values, positions, num_frames_per_video=torch.tensor([prompt.num_frames])).pooler_output
             features = torch.cat(features, dim=0).float().numpy()
-    return Decoded(prefill, tokens, features)
+    return Decoded(prefill, tokens, features, step_logits=np.stack(rows).astype(np.float32))
 
 
 def torch_noise(model, prompt: ParityPrompt, reference: Decoded) -> float:
@@ -228,19 +253,37 @@ def torch_noise(model, prompt: ParityPrompt, reference: Decoded) -> float:
     return float(np.abs(reference.prefill_logits - again.prefill_logits).max())
 
 
+def margins(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit of each row: how firmly a greedy step was decided."""
+    top = np.partition(logits, -2, axis=-1)
+    return top[..., -1] - top[..., -2]
+
+
 def compare(reference: Decoded, candidate: Decoded, tolerance: float = FP32_TOLERANCE) -> ParityReport:
-    mismatch = next((i for i, (a, b) in enumerate(zip(reference.tokens, candidate.tokens)) if a != b), None)
+    """``candidate`` decoded teacher-forced on ``reference.tokens`` (``OnnxGemma.greedy(forced=...)``)."""
+    mismatches = tuple(i for i, (a, b) in enumerate(zip(reference.tokens, candidate.tokens)) if a != b)
     vision = (float(np.abs(reference.features - candidate.features).max())
               if reference.features.shape == candidate.features.shape else float("inf"))
+    limit = max(tolerance, NOISE_FACTOR * reference.noise)
+    ties, decode = (), 0.0
+    if reference.step_logits is not None and candidate.step_logits is not None:
+        ties = tuple(int(i) for i in np.flatnonzero(margins(reference.step_logits) <= limit))
+        if reference.step_logits.shape == candidate.step_logits.shape:
+            decode = float(np.abs(reference.step_logits - candidate.step_logits).max())
+        else:
+            decode = float("inf")
     return ParityReport(
         prefill_max_abs_diff=float(np.abs(reference.prefill_logits - candidate.prefill_logits).max()),
         vision_max_abs_diff=vision,
         greedy_steps=len(reference.tokens),
-        greedy_match=mismatch is None and len(reference.tokens) == len(candidate.tokens),
-        first_mismatch=mismatch,
+        greedy_match=not mismatches and len(reference.tokens) == len(candidate.tokens),
+        first_mismatch=mismatches[0] if mismatches else None,
         prompt_tokens=int(reference.prefill_logits.shape[0]),
         tolerance=tolerance,
         torch_noise=reference.noise,
+        decode_max_abs_diff=decode,
+        ties=ties,
+        mismatches=mismatches,
     )
 
 

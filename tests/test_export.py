@@ -319,3 +319,34 @@ def test_logits_limit_follows_pytorchs_own_spread_but_tokens_must_match():
     assert large.as_dict()["torch_noise"] == 1e-3 and large.as_dict()["limit"] == large.limit
     assert not compare(decoded(0.0, noise=1e-3), decoded(0.05)).passed             # far past the spread
     assert not compare(decoded(0.0, noise=1e-3), decoded(0.0, tokens=(1, 2, 4))).passed   # a token differs
+
+
+def test_gate_excuses_only_the_ties_pytorch_itself_does_not_decide():
+    """Decoding is compared teacher-forced, step logits and all: a different token is a failure at every step
+    the reference decides (top-1/top-2 margin beyond the limit) and a reported tie where its margin is within
+    the limit; step logits beyond the limit fail whatever the tokens."""
+    from edgevid_export.parity import Decoded, compare
+
+    features = np.zeros((4, 8), np.float32)
+    prefill = np.zeros((5, 6), np.float32)
+    steps = np.array([[3.0, 0.0, 0.0, 0.0, 0.0, 0.0],        # step 0: token 0, margin 3 (decided)
+                      [0.0, 1.0, 0.95, 0.0, 0.0, 0.0],       # step 1: token 1, margin 0.05 (a tie at limit 0.1)
+                      [0.0, 0.0, 0.0, 2.0, 0.0, 0.0]], np.float32)
+
+    def side(step_logits, tokens, noise=0.0):
+        return Decoded(prefill, list(tokens), features, noise, step_logits=step_logits)
+
+    reference = side(steps, (0, 1, 3), noise=0.01)           # limit = 10 x 0.01 = 0.1
+    flipped = steps.copy()
+    flipped[1, 2] = 1.04                                      # within 0.1 of the reference: token 2 wins
+    tie = compare(reference, side(flipped, (0, 2, 3)))
+    assert tie.ties == (1,) and tie.mismatches == (1,) and not tie.greedy_match and tie.passed
+    close = steps.copy()
+    close[2, 4] = 1.85                                        # step 2: token 3 by a margin of 0.15 (decided)
+    candidate = close.copy()
+    candidate[2, 3], candidate[2, 4] = 1.92, 1.93             # every logit within 0.1, yet token 4 wins
+    decided = compare(side(close, (0, 1, 3), noise=0.01), side(candidate, (0, 1, 4)))
+    assert decided.decode_max_abs_diff <= decided.limit and decided.mismatches == (2,) and not decided.passed
+    assert not compare(reference, side(steps + np.float32(0.5), (0, 1, 3))).passed     # step logits too far
+    strict = compare(side(steps, (0, 1, 3)), side(flipped, (0, 2, 3)))                   # limit 1e-4: no ties
+    assert strict.ties == () and not strict.passed

@@ -117,5 +117,5 @@ def test_kv_written_in_place_equals_a_growing_cache(shape, root, clip):
         assert bool(decoder.ring_capacity) is (in_place and shape == "e2b_like")
         result = pipeline.chat(video_messages(clip), options)
         runs[in_place] = (np.stack(chunk_logits), list(result.token_ids))
-    np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(runs[True][0], runs[False][0], atol=1e-4, rtol=0)    # the gate's fp32 limit
     assert runs[True][1] == runs[False][1] and len(runs[True][1]) >= 1
