@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak_rss import peak_rss_mb
 
 DECODE_TOKENS = 64
 SEED = 0
@@ -175,7 +175,7 @@ def run_genai(model: Path, ids: np.ndarray) -> dict:
 
 def _result(ttft: float, decode: float, tokens: list[int]) -> dict:
     return {"ttft_s": ttft, "decode_tok_s": (DECODE_TOKENS - 1) / decode, "tokens": tokens,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 # ---- parent -------------------------------------------------------------------------------------------------

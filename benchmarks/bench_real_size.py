@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak_rss import peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
 NUM_FRAMES = 32
@@ -92,8 +93,6 @@ def make_inputs(clip: Path, path: Path) -> None:
 
 # ---- sides (each in its own process) ---------------------------------------------------------------------
 def _passes(vision, prefill, decode) -> dict:
-    import resource
-
     t = time.perf_counter()
     vision()
     vision_s = time.perf_counter() - t
@@ -105,7 +104,7 @@ def _passes(vision, prefill, decode) -> dict:
     decode_s = time.perf_counter() - t
     return {"vision_s": round(vision_s, 2), "prefill_s": round(prefill_s, 2),
             "ttft_s": round(vision_s + prefill_s, 2), "decode_tok_s": round(DECODE_TOKENS / decode_s, 3),
-            "tokens": tokens, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2)}
+            "tokens": tokens, "peak_rss_gb": round(peak_rss_mb() / 1024, 2)}
 
 
 def run_torch(workdir: Path, threads: int, dtype_name: str) -> dict:

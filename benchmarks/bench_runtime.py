@@ -11,7 +11,7 @@ Every side runs in its own subprocess on the same inputs: 32 frames at 640x360 (
 
 Measured per side: vision encoding of 32 frames; time to first token (vision + embedding + prefill of
 the whole prompt + first token), each the best of ``REPEATS``; decode tokens/s over 32 greedy steps with the
-KV cache; peak RSS = the process's high-water mark (``ru_maxrss``) after one full pass (load, vision,
+KV cache; peak RSS = the process's high-water mark (``VmHWM``) after one full pass (load, vision,
 prefill, decode), before the repeats.
 Reported as ratios against PyTorch eager. Goals (issue 4): decode >= 3x, prefill >= 2x, vision >= 2.5x;
 fp32 peak RSS <= 1.0x PyTorch's, q4 <= 0.4x.
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak_rss import peak_rss_mb
 
 NUM_FRAMES = 32
 FRAME_SIZE = (360, 640)          # h, w -> 66 soft tokens per frame at the video budget
@@ -163,8 +164,6 @@ def run_torch(workdir: Path, threads: int) -> dict:
 def timed_passes(vision, first_token, decode) -> dict:
     """One full pass (vision, first token, decode) whose high-water RSS is the reported peak, then
     ``REPEATS - 1`` more vision and first-token runs: vision and TTFT are the best of ``REPEATS``."""
-    import resource
-
     t = time.perf_counter()
     vision()
     vision_s = [time.perf_counter() - t]
@@ -175,7 +174,7 @@ def timed_passes(vision, first_token, decode) -> dict:
     tokens = decode(first)
     decode_s = time.perf_counter() - t
     first = None
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB on Linux
+    peak_mb = peak_rss_mb()
     for _ in range(REPEATS - 1):
         t = time.perf_counter()
         vision()

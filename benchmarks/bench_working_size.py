@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,19 +44,6 @@ def measure(path: str, scaled: bool) -> dict:
             "held_mb": round(video.frames.nbytes / 2**20, 1),
             "frames": int(video.frames.shape[0]),
             "vision_sha256": hashlib.sha256(vision.pixel_values.tobytes()).hexdigest()[:16]}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. Linux: VmHWM (ru_maxrss would carry the parent's peak over exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024      # bytes on macOS, KiB elsewhere
 
 
 def main() -> None:
