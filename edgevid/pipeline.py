@@ -117,11 +117,12 @@ class Pipeline:
         special = folder.special
         graphs = folder.select_graphs(precision)        # one precision per graph ("q4", "decoder=q4f16,...")
         precision = graphs.label
+        # the decoder first: packing its weights is the load's memory peak, best met before the others are resident
+        decoder = DecoderSession(graphs.path("decoder"), choice, config)
         vision = VisionEncoderSession(graphs.path("vision_encoder"), choice, config,
                                       pooling_kernel_size=folder.vision.pooling, patch_size=folder.vision.patch_size)
         embed = EmbedSession(graphs.path("embed_tokens"), choice, config,
                              placeholder_ids=_placeholder_ids(folder), pad_id=special.pad)
-        decoder = DecoderSession(graphs.path("decoder"), choice, config)
         if policy is None:
             from edgevid.media import SourcePolicy
 
@@ -240,17 +241,19 @@ class Pipeline:
                       for m, p in zip(prompt.media, prompt.media_positions()) if p.size)
         return PromptSignature(prompt.input_ids, spans)
 
-    def prefill_prompt(self, prompt: Prompt, use: CacheUse | None = None, timings: dict | None = None):
+    def prefill_prompt(self, prompt: Prompt, use: CacheUse | None = None, timings: dict | None = None,
+                       room: int = 0):
         """Prefill ``prompt`` through the prefix cache when it is on: (last logits, KVCache). The logits
         are the same, bit for bit, with the cache and without it. ``timings`` gets ``vision_s`` (vision
-        encoding + embedding) and ``prefix_cached_tokens`` (prompt tokens not prefilled again)."""
+        encoding + embedding) and ``prefix_cached_tokens`` (prompt tokens not prefilled again). ``room``:
+        the tokens the answer may add, reserved in the KV buffers with the prompt's."""
         timings = {} if timings is None else timings
         timings["prefix_cached_tokens"] = 0
         if self.prefix_cache is None:
             t0 = time.perf_counter()
             inputs = self.prompt_inputs(prompt, use)
             timings["vision_s"] = time.perf_counter() - t0
-            return prefill(self.decoder, inputs)
+            return prefill(self.decoder, inputs, room=room)
         signature = self.prompt_signature(prompt)
         probe = PromptInputs(prompt.input_ids, None, self._blocks(prompt.input_ids), self.prefill_anchors(prompt))
         bounds = prompt_bounds(self.decoder, probe)
@@ -270,7 +273,7 @@ class Pipeline:
             if end in anchors:
                 self.prefix_cache.store(signature.prefix(end), [b for b in bounds if b[1] <= end], cache, logits)
 
-        logits, cache = prefill(self.decoder, inputs, start=start,
+        logits, cache = prefill(self.decoder, inputs, start=start, room=room,
                                 after_chunk=keep_anchor if self.decoder.ring_capacity else None)
         self.prefix_cache.store(signature, bounds, cache, logits)
         return logits, cache
@@ -342,7 +345,7 @@ class ChatStream:
     def _generate(self) -> Iterator[TextPiece]:
         p = self.pipeline
         t1 = time.perf_counter()
-        logits, cache = p.prefill_prompt(self.prompt, self.cache_use, self.timings)
+        logits, cache = p.prefill_prompt(self.prompt, self.cache_use, self.timings, room=self.options.max_tokens)
         steps = decode_steps(p.decoder, p.embed, None, self.options.sampler(), prefilled=(logits, cache))
         detokenizer = IncrementalDetokenizer(p.tokenizer)
         first = None

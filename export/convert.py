@@ -21,7 +21,7 @@ from edgevid.model.folder_format import PRECISIONS      # one list with the CLI
 from . import model_folder, onnx_graphs
 from .checkpoint_tensors import CheckpointTensors
 from .decoder import DecoderLayout
-from .mapped_pages import TrimMappedPages
+from edgevid.model.mapped_pages import MADV_DONTNEED, TrimMappedPages
 from .parity import FP32_TOLERANCE, OnnxGemma, ParityReport, compare, top1_agreement, torch_greedy, torch_noise
 from .parity_prompt import build_parity_prompt
 from .reference_model import load_reference_model
@@ -170,7 +170,7 @@ def onnx_parity(config, reference, output: Path, files: dict, steps: int = GREED
                 tolerance: float = FP32_TOLERANCE):
     """(report, onnx-decoded) for the graphs ``files`` in ``output`` against ``reference``."""
     layout = DecoderLayout.from_text_config(config.get_text_config())
-    with TrimMappedPages():             # the fp32 weights run mapped; their pages are handed back as it goes
+    with TrimMappedPages(advice=MADV_DONTNEED):     # the fp32 weights run mapped; their pages handed back as it goes
         onnx = OnnxGemma(output, files, layout, config.video_token_id, mapped=True)
         candidate = onnx.greedy(build_parity_prompt(config), steps, forced=reference.tokens)
         del onnx

@@ -9,7 +9,7 @@ own tools, plus ``top1_agreement`` to measure a variant against the fp32 decoder
   tables), activations quantised per call. Weights use 7 bits (``reduce_range``): on CPUs without VNNI
   (AVX2 only) onnxruntime's u8 x s8 kernel sums pairs of products in saturating int16, and full-range
   weights overflowed it (see ``_to_int8``).
-- ``q4``: 4-bit symmetric blocks of 32 for MatMul weights (``MatMulNBits``) and embedding tables
+- ``q4``: 4-bit symmetric blocks of 64 for MatMul weights (``MatMulNBits``) and of 32 for embedding tables
   (``GatherBlockQuantized``), RTN as onnxruntime's ``MatMulNBitsQuantizer`` (its packing kernel), computed with
   int8 activations (``accuracy_level=4``, onnxruntime's VNNI kernels), streamed one weight at a time
   (``quantize_q4``: the fp32 graphs of E2B do not fit in memory). The vision encoder of a q4 folder is int8
@@ -51,7 +51,6 @@ GRAPH_SCHEMES = {"q4": {"vision_encoder": "int8"}}
 Q4_ACCURACY_LEVEL = 4
 TWO_GB = 2 * 1024 ** 3
 FP16_MAX = 65504.0
-Q4_BLOCK = 32
 
 # Always fp32: the RMSNorm pattern (x^2, mean, sqrt or x^-0.5, division), softmax, the soft-cap tanh (and its
 # x/30 division), and ops onnxruntime's converter keeps fp32 anyway.

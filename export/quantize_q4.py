@@ -1,6 +1,6 @@
 """q4 quantisation that streams: one weight (in row chunks) in memory at a time, whatever the graph's size.
 
-The same result as onnxruntime's ``MatMulNBitsQuantizer`` (RTN, symmetric, blocks of 32; its own C++ kernel
+The same result as onnxruntime's ``MatMulNBitsQuantizer`` (RTN, symmetric; its own C++ kernel
 ``quantize_matmul_4bits`` packs the MatMul weights, its numpy rule the Gather tables), without loading the
 graph's weights: the fp32 decoder of E2B is 12 GB and the embedding graph 10 GB, and the quantizer holds the
 whole model plus copies. Here the graph structure is loaded alone, every weight is read from the source's
@@ -8,7 +8,7 @@ external data file in row chunks with ordinary file reads (no mapping, so nothin
 results are written to ``<dst>_data``, tensors from 1 MiB at 64 KiB-aligned offsets (onnxruntime maps them;
 ``mapped_tables``).
 
-- ``MatMul(x, W[K, N])`` -> ``MatMulNBits`` (com.microsoft; packed [N, K/32, 16] uint8, scales [N, K/32]).
+- ``MatMul(x, W[K, N])`` -> ``MatMulNBits`` (com.microsoft; packed [N, K/64, 32] uint8, scales [N, K/64]).
 - ``Gather(T[V, D], ids)`` -> ``GatherBlockQuantized`` (com.microsoft; int4 [V, D], scales [V, D/32], blocks
   along D, quantize_axis 1), so a lookup touches only its rows.
 - Every other initializer is copied (big ones chunk by chunk, at aligned offsets).
@@ -28,7 +28,12 @@ from .mapped_tables import mark_external, pad_to_alignment
 
 log = logging.getLogger(__name__)
 
-BLOCK = 32
+# MatMul weights in blocks of 64 along K: on the CPU onnxruntime packs each block's 4-bit values with an fp32
+# scale and an fp32 block sum (accuracy level 4), so 32-blocks cost 6 bits a weight resident and 64-blocks 5;
+# E2B's q4 decoder then holds 1.8 instead of 2.1 GiB (docs/real-size.md). Embedding tables stay in blocks of
+# 32 along D: they are mapped and read by the row, so their block size costs disk, not memory.
+MATMUL_BLOCK = 64
+TABLE_BLOCK = 32
 ACCURACY_LEVEL = 4
 INLINE_BYTES = 4096
 ALIGN_BYTES = 1024 ** 2          # tensors from this size start at aligned offsets (mapped); smaller ones are packed
@@ -79,23 +84,23 @@ def _quantize_matmul_weight(reader, tensor) -> tuple[np.ndarray, np.ndarray]:
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
     k, n = (int(d) for d in tensor.dims)
-    k_blocks = -(-k // BLOCK)
-    packed = np.zeros((n, k_blocks, BLOCK // 2), dtype=np.uint8)
+    k_blocks = -(-k // MATMUL_BLOCK)
+    packed = np.zeros((n, k_blocks, MATMUL_BLOCK // 2), dtype=np.uint8)
     scales = np.zeros((n, k_blocks), dtype=np.float32)
-    step = _rows_per_chunk(n * 4, BLOCK)
+    step = _rows_per_chunk(n * 4, MATMUL_BLOCK)
     for start in range(0, k, step):
         stop = min(k, start + step)
         chunk = reader.rows(tensor, start, stop).astype(np.float32, copy=False)
         rows = stop - start
-        blocks = -(-rows // BLOCK)
-        if rows % BLOCK:
-            chunk = np.pad(chunk, ((0, blocks * BLOCK - rows), (0, 0)))
+        blocks = -(-rows // MATMUL_BLOCK)
+        if rows % MATMUL_BLOCK:
+            chunk = np.pad(chunk, ((0, blocks * MATMUL_BLOCK - rows), (0, 0)))
         chunk = np.ascontiguousarray(chunk)
-        part_packed = np.zeros((n, blocks, BLOCK // 2), dtype=np.uint8)
+        part_packed = np.zeros((n, blocks, MATMUL_BLOCK // 2), dtype=np.uint8)
         part_scales = np.zeros((n, blocks), dtype=np.float32)
         zero_point = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
-        quantize_matmul_4bits(part_packed, chunk, part_scales, zero_point, BLOCK, n, rows, True)
-        first = start // BLOCK
+        quantize_matmul_4bits(part_packed, chunk, part_scales, zero_point, MATMUL_BLOCK, n, rows, True)
+        first = start // MATMUL_BLOCK
         packed[:, first:first + blocks] = part_packed
         scales[:, first:first + blocks] = part_scales
     return packed, scales
@@ -104,14 +109,14 @@ def _quantize_matmul_weight(reader, tensor) -> tuple[np.ndarray, np.ndarray]:
 def _quantize_rows(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Blocks of 32 along the last axis (onnxruntime's symmetric rule): (int4 pairs as uint8, scales)."""
     rows, cols = chunk.shape
-    blocks = chunk.reshape(rows, cols // BLOCK, BLOCK)
+    blocks = chunk.reshape(rows, cols // TABLE_BLOCK, TABLE_BLOCK)
     high, low = blocks.max(axis=2, keepdims=True), blocks.min(axis=2, keepdims=True)
     abs_max = np.where(np.abs(high) > np.abs(low), high, low)
     scale = abs_max / -8.0
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(scale == 0, 0, blocks / scale).round().clip(-8, 7).astype(np.int8).reshape(-1)
     packed = ((q[0::2] & 0xF) | ((q[1::2] & 0xF) << 4)).astype(np.uint8)
-    return packed, scale.reshape(rows, cols // BLOCK).astype(np.float32)
+    return packed, scale.reshape(rows, cols // TABLE_BLOCK).astype(np.float32)
 
 
 class _Writer:
@@ -173,7 +178,7 @@ def quantize_q4_streamed(src: Path, dst: Path, progress=None) -> dict:
                 new_nodes.append(helper.make_node(
                     "MatMulNBits", [node.input[0], q.name, s.name], list(node.output),
                     name=(node.name + "_Q4") if node.name else "", domain="com.microsoft",
-                    K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=ACCURACY_LEVEL))
+                    K=k, N=n, bits=4, block_size=MATMUL_BLOCK, accuracy_level=ACCURACY_LEVEL))
             elif table is not None:
                 if table.name not in done_gather:
                     done_gather[table.name] = _quantize_table(reader, writer, table)
@@ -185,7 +190,7 @@ def quantize_q4_streamed(src: Path, dst: Path, progress=None) -> dict:
                 new_nodes.append(helper.make_node(
                     "GatherBlockQuantized", [q.name, node.input[1], s.name], list(node.output),
                     name=(node.name + "_Q4") if node.name else "", domain="com.microsoft",
-                    gather_axis=axis, quantize_axis=1, block_size=BLOCK))
+                    gather_axis=axis, quantize_axis=1, block_size=TABLE_BLOCK))
             else:
                 new_nodes.append(node)
         used = {name for node in new_nodes for name in node.input} | _subgraph_inputs(new_nodes)
@@ -236,7 +241,7 @@ def _gather_table(node, inits):
     if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
         return None
     table = inits.get(node.input[0])
-    if not _float2d(table) or int(table.dims[1]) % BLOCK:
+    if not _float2d(table) or int(table.dims[1]) % TABLE_BLOCK:
         return None
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     return table if axis == 0 else None

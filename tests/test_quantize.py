@@ -10,7 +10,7 @@ Tolerances, and why:
   K <= 512 in fp16 stays within ~1e-2 of the output scale, so that is the bound.
 - int8 dynamic: per-channel int8 weights (step = absmax/127) and per-call uint8 activations (step =
   range/255) give ~1% error per matmul; three matmuls in a row -> 5e-2 relative RMS.
-- q4 (block 32, symmetric, 16 levels, the block's largest |w| maps to -8): the step is absmax/8, so the
+- q4 (MatMul blocks of 64, tables 32; symmetric, 16 levels, the block's largest |w| maps to -8): the step is absmax/8, so the
   RMS error is ~absmax/28 ~ 8% of a Gaussian weight's sigma per matmul -> 0.25 relative RMS for three.
   Weights that already lie on that grid (``snap_to_q4``) must come back exact: then any difference beyond
   float rounding means the graph was wired wrongly, which is what those tests catch.
@@ -28,23 +28,26 @@ from onnx import numpy_helper
 torch = pytest.importorskip("torch")
 
 from edgevid.errors import ExportError  # noqa: E402
-from edgevid_export import quantize  # noqa: E402
+from edgevid_export import quantize, quantize_q4  # noqa: E402
 from edgevid_export.quantize import decoder_feed, quantize_graph, top1_agreement  # noqa: E402
 
 HIDDEN, INTER, VOCAB = 128, 512, 512
 
 
-def snap_to_q4(weight: torch.Tensor, block: int = 32) -> torch.Tensor:
-    """``weight`` [rows, cols] moved onto the symmetric 4-bit grid that onnxruntime picks for blocks of
-    ``block`` along cols: per block scale s = max|w|/8, values q*s with q in [-7, 7], the largest one -8*s."""
+def snap_to_q4(weight: torch.Tensor, block: int = quantize_q4.MATMUL_BLOCK,
+               sub_block: int = quantize_q4.TABLE_BLOCK) -> torch.Tensor:
+    """``weight`` [rows, cols] moved onto the symmetric 4-bit grid that onnxruntime picks for blocks along
+    cols, for blocks of ``block`` and of ``sub_block`` at once (a tied embedding is a MatMul weight and a
+    table): per block scale s = max|w|/8, values q*s with q in [-7, 7], and in every sub-block one -8*s, so
+    each sub-block's own scale is s too."""
     rows, cols = weight.shape
     pad = -cols % block
     w = torch.nn.functional.pad(weight.detach().float(), (0, pad)).reshape(rows, -1, block)
     scale = w.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 8
-    q = torch.round(w / scale).clamp(-7, 7)
-    top = w.abs().argmax(-1, keepdim=True)
+    q = torch.round(w / scale).clamp(-7, 7).reshape(rows, -1, sub_block)
+    top = w.reshape(rows, -1, sub_block).abs().argmax(-1, keepdim=True)
     q.scatter_(-1, top, -8.0)
-    return (q * scale).reshape(rows, -1)[:, :cols]
+    return (q.reshape(rows, -1, block) * scale).reshape(rows, -1)[:, :cols]
 
 
 class FragileBlock(torch.nn.Module):
@@ -182,14 +185,14 @@ def test_int8_dynamic_quantises_matmuls_and_the_embedding(block, tmp_path):
 
 
 # ---- q4 --------------------------------------------------------------------------------------------------
-def test_q4_uses_matmulnbits_block32_and_gather_block_quantized(block, tmp_path):
+def test_q4_uses_matmulnbits_block64_and_gather_block_quantized(block, tmp_path):
     out = quantize_graph(block, tmp_path / "block_q4.onnx", "q4")
     model = onnx.load(str(out))
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 4                          # qkv, up, down, head
     for node in nbits:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert (attrs["bits"], attrs["block_size"]) == (4, 32)
+        assert (attrs["bits"], attrs["block_size"]) == (4, 64)
         assert attrs["accuracy_level"] == quantize.Q4_ACCURACY_LEVEL == 4   # int8 compute (VNNI)
         assert len(node.input) < 4 or not node.input[3]    # symmetric: no zero points
     assert [n.op_type for n in model.graph.node].count("GatherBlockQuantized") == 1
@@ -206,14 +209,17 @@ def test_streamed_q4_is_bit_identical_to_onnxruntimes_quantizer(block, tmp_path)
         DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer,
     )
 
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=32, is_symmetric=True, accuracy_level=4, bits=4,
-        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(block)), algo_config=config)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        quantizer.process()
+    model = onnx.load(str(block))
+    for size, op in ((quantize_q4.MATMUL_BLOCK, "MatMul"), (quantize_q4.TABLE_BLOCK, "Gather")):
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=size, is_symmetric=True, accuracy_level=4, bits=4,
+            op_types_to_quantize=(op,), quant_axes=(("MatMul", 0), ("Gather", 1)))
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quantizer.process()
+        model = quantizer.model.model
     reference = tmp_path / "reference_q4.onnx"
-    onnx.save(quantizer.model.model, str(reference))
+    onnx.save(model, str(reference))
     out = quantize_graph(block, tmp_path / "block_q4.onnx", "q4")
     expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(reference)).graph.initializer}
     written = {t.name: numpy_helper.to_array(t, base_dir=str(tmp_path)) for t in onnx.load(str(out)).graph.initializer}

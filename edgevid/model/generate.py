@@ -167,16 +167,19 @@ def prompt_bounds(decoder: DecoderSession, prompt: PromptInputs, chunk: int | No
 
 
 def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None, *,
-            start: KVCache | None = None, after_chunk=None):
+            start: KVCache | None = None, after_chunk=None, room: int = 0):
     """Run the prompt through the decoder in chunks (bounded activation memory; the KV cache makes
     the result the same as one pass): (last position's logits, filled KVCache). With ``start`` (a cache
     holding the first ``start.length`` positions, which must be a chunk boundary), only the rest runs.
-    ``after_chunk(end, logits, cache)`` is called after every chunk but the last."""
+    ``after_chunk(end, logits, cache)`` is called after every chunk but the last. In-place KV buffers are
+    sized once for the prompt and ``room`` more tokens, instead of doubling (and copying) as chunks arrive."""
     cache = start if start is not None else decoder.empty_cache()
     done = cache.length
     if done != prompt.offset:
         raise ValueError(f"the cache holds {done} positions but the embeddings start at {prompt.offset}")
     ids = np.asarray(prompt.input_ids, dtype=np.int64).reshape(1, -1)
+    if done < ids.shape[1]:
+        decoder.reserve(cache, ids.shape[1] + max(0, int(room)))
     e = prompt.embeddings
     logits = None
     for a, b in prompt_bounds(decoder, prompt, chunk):

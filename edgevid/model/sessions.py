@@ -27,12 +27,14 @@ Session options (``session_options``), chosen on purpose:
   reused; DirectML requires them off anyway.
 - intra-op spinning off (``spinning``): pool threads busy-wait between ops by default, which on shared
   cores (the usual edge box) takes CPU from the threads doing the work.
-- prefill in chunks of 256 tokens: a chunk's attention scores and MLP activations are the prefill's
+- prefill in chunks of 128 tokens: a chunk's attention scores and MLP activations are the prefill's
   transient memory, and smaller chunks cost no measurable prefill time.
 - CPU memory arena off for every graph: the arena grows by powers of two and keeps what it took, for no
   decode speed; a vision arena would also stay reserved while the decoder runs.
 - after loading each graph, each vision run and each prefill chunk the freed heap is handed back to the OS
-  (``edgevid.model.heap.trim_heap``, glibc only); the parsed decoder file otherwise stays resident.
+  (``edgevid.model.heap.trim_heap``, glibc only; the parsed decoder file otherwise stays resident), and so
+  are the pages of the mapped weight files read since (``edgevid.model.mapped_pages``, Linux): what
+  pre-packing read, and embedding rows. While a graph loads a thread does that continuously.
 
 What each of these measured: docs/benchmarks.md ("Session options").
 """
@@ -49,6 +51,7 @@ import numpy as np
 
 from edgevid.errors import ModelFolderError
 from edgevid.model.heap import trim_heap
+from edgevid.model.mapped_pages import TrimMappedPages, register_weights, release_weight_pages
 from edgevid.model.providers import CPU, ProviderChoice, select_providers
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class SessionConfig:
     threads: int | None = None          # intra-op threads; None = one per physical core
     optimization: str = "all"           # "disable" | "basic" | "extended" | "all"
     frames_per_run: int = 4             # vision encoder chunk: bounds activation memory
-    prefill_chunk: int = 256            # prompt tokens per decoder run during prefill (0 = all at once)
+    prefill_chunk: int = 128            # prompt tokens per decoder run during prefill (0 = all at once)
     optimized_model_dir: str | None = None  # write the optimised graphs here (debugging)
     spinning: bool = False              # intra-op threads busy-wait between ops (onnxruntime's default: on)
     kv_in_place: bool = True            # write the KV cache in place where the graph allows it
@@ -112,6 +115,12 @@ def session_options(config: SessionConfig, *, arena: bool, label: str = "graph")
     return so
 
 
+def trim_memory() -> None:
+    """Freed heap and the mapped weight pages read since the last call go back to the OS."""
+    trim_heap()
+    release_weight_pages()
+
+
 class GraphSession:
     """Owns one ``onnxruntime.InferenceSession`` created once with explicit options and providers."""
 
@@ -130,12 +139,15 @@ class GraphSession:
         self.choice = choice
         options = session_options(self.config, arena=self.arena, label=self.path.stem)
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=choice.names(), provider_options=choice.options()
-            )
+            # the weight pages pre-packing has read are handed back while it goes on (mapped_pages)
+            with TrimMappedPages(self.path.parent):
+                self.session = ort.InferenceSession(
+                    str(self.path), sess_options=options, providers=choice.names(), provider_options=choice.options()
+                )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelFolderError(f"cannot load {self.path.name}: {exc}", source=str(self.path)) from exc
-        trim_heap()                 # the parsed graph file and load-time copies are freed by now
+        register_weights(self.path.parent)
+        trim_memory()               # the parsed graph file and load-time copies are freed by now
         # graph inputs plus initializers a caller may override (e.g. the decoder's num_logits_to_keep,
         # which defaults to 0 = logits for every position)
         self.inputs = {arg.name: arg for arg in self.session.get_inputs()}
@@ -204,7 +216,7 @@ class VisionEncoderSession(GraphSession):
             "pixel_position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
         }
         features = self.run(feeds)["image_features"]
-        trim_heap()
+        trim_memory()
         counts = self.soft_token_counts(position_ids)
         expected = int(counts.sum())
         if features.ndim == 2 and features.shape[0] != expected and len(counts) > 1 \
@@ -402,6 +414,11 @@ class DecoderSession(GraphSession):
                     out[f"past_key_values.{layer}.{kind}"] = int(capacity)
         return out
 
+    def reserve(self, cache: KVCache, total: int) -> None:
+        """Room for ``total`` positions in the in-place buffers now (no-op for a growing cache)."""
+        if self.in_place:
+            self._reserve(cache, total)
+
     def _reserve(self, cache: KVCache, total: int) -> None:
         """Give every in-place layer a private buffer with room for ``total`` rows (rows kept: the cache);
         a ring layer's buffer has its fixed capacity and is copied whole (its rows are the kernel's layout)."""
@@ -478,7 +495,7 @@ class DecoderSession(GraphSession):
             binding, keep_alive = self._bind(feeds, arrays, cache)
             self.session.run_with_iobinding(binding)
         if seq_len > 1:
-            trim_heap()             # a prefill chunk's activations (decode steps are small: not worth it)
+            trim_memory()           # a prefill chunk's activations (decode steps are small: not worth it)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         for name in cache.values:
             if name not in self.in_place:
