@@ -6,8 +6,8 @@
 onnxruntime-genai builds Gemma 4 text decoders only (no vision, no per-layer inputs, no KV sharing), and
 its builder needs transformers <= 5.14 and the ``Gemma4UnifiedForConditionalGeneration`` label for a
 dense decoder, so it lives in its own venv (``--genai-python``: onnxruntime-genai 0.18, transformers
-5.14, torch). The model (random seeded weights, 257.5M parameters): hidden 1024, 12 layers, 9 sliding
-(window 512) + 3 full, 8 query / 2 KV heads, head dim 128 (256 on full layers), vocab 65,536. edgevid
+5.14, torch, onnx-ir and onnxscript, which its builder imports). The model (random seeded weights, 257.5M
+parameters): hidden 1024, 12 layers, 9 sliding (window 512) + 3 full, 8 query / 2 KV heads, head dim 128 (256 on full layers), vocab 65,536. edgevid
 exports it with its own exporter (fp32, q4); genai builds fp32 and int4 with ``prune_lm_head=true``
 (``--genai-all-logits`` builds the default, every prompt position's logits, instead).
 

@@ -159,13 +159,24 @@ def quantize_q4_streamed(src: Path, dst: Path, progress=None) -> dict:
     writer = _Writer(dst.with_name(dst.name + "_data"))
     done_matmul: dict = {}
     done_gather: dict = {}
-    new_nodes, counts = [], {"matmul": 0, "gather": 0, "copied": 0}
+    new_nodes, counts = [], {"matmul": 0, "gather": 0, "copied": 0, "packed": 0}
     targets = [n for n in graph.node if _matmul_weight(n, inits) or _gather_table(n, inits)]
+    groups = _shared_input_groups(graph.node, inits)
     try:
         for node in graph.node:
             weight = _matmul_weight(node, inits)
             table = _gather_table(node, inits) if weight is None else None
-            if weight is not None:
+            group = groups.get(id(node))
+            if group is not None:
+                if group[0] is node:        # the group's first member writes them all; the others are done
+                    nodes, tensors = _packed_matmul(group, inits, reader, writer)
+                    new_nodes.extend(nodes)
+                    done_matmul[nodes[1].name] = tensors
+                    counts["matmul"] += len(group)
+                    counts["packed"] += 1
+                    if progress:
+                        progress(counts["matmul"] + counts["gather"], len(targets))
+            elif weight is not None:
                 if weight.name not in done_matmul:
                     packed, scales = _quantize_matmul_weight(reader, weight)
                     done_matmul[weight.name] = (writer.array(weight.name + "_Q4", packed),
@@ -213,6 +224,47 @@ def quantize_q4_streamed(src: Path, dst: Path, progress=None) -> dict:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
     return counts
+
+
+def _shared_input_groups(nodes, inits) -> dict:
+    """MatMuls that read the same input, each with its own weight of the same K (q/k/v, gate/up): one
+    ``MatMulNBits`` over their weights side by side, then a ``Split``, reads the input's blocks once and runs one
+    kernel instead of two or three. ``{id(node): [members in graph order]}`` for groups of two or more."""
+    uses: dict = {}
+    for node in nodes:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    by_input: dict = {}
+    for node in nodes:
+        weight = _matmul_weight(node, inits)
+        if weight is None or uses.get(weight.name, 0) != 1 or len(node.output) != 1:
+            continue
+        by_input.setdefault((node.input[0], int(weight.dims[0])), []).append(node)
+    return {id(n): members for members in by_input.values() if len(members) > 1 for n in members}
+
+
+def _packed_matmul(group, inits, reader, writer) -> tuple[list, tuple]:
+    """(nodes, initializers) replacing ``group``: MatMulNBits over the concatenated weights (each row of the
+    packed weight is one output column, so the columns are the members' own, computed the same) and a Split."""
+    packed, scales, widths = [], [], []
+    for node in group:
+        q, s = _quantize_matmul_weight(reader, inits[node.input[1]])
+        packed.append(q)
+        scales.append(s)
+        widths.append(q.shape[0])
+    first = group[0]
+    base = (first.name or first.output[0]) + "_packed"
+    q = writer.array(base + "_Q4", np.concatenate(packed))
+    s = writer.array(base + "_scales", np.concatenate(scales))
+    sizes = onnx.numpy_helper.from_array(np.asarray(widths, dtype=np.int64), base + "_sizes")
+    k = int(inits[first.input[1]].dims[0])
+    return [
+        helper.make_node("Constant", [], [sizes.name], name=base + "_sizes", value=sizes),
+        helper.make_node("MatMulNBits", [first.input[0], q.name, s.name], [base], name=base + "_Q4",
+                         domain="com.microsoft", K=k, N=int(sum(widths)), bits=4, block_size=MATMUL_BLOCK,
+                         accuracy_level=ACCURACY_LEVEL),
+        helper.make_node("Split", [base, sizes.name], [n.output[0] for n in group], name=base + "_split", axis=-1),
+    ], (q, s)
 
 
 def _subgraph_inputs(nodes) -> set:

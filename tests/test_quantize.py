@@ -395,4 +395,55 @@ def test_q4_gemma4_decoder_has_no_float_matmul_weights_left(gemma_folder):
     weights = {t.name for t in model.graph.initializer}
     float_weight_matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert float_weight_matmuls == []
-    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) >= 40   # 6 layers' projections + lm_head
+    # every projection of the 6 layers + lm_head, q/k/v and gate/up each packed into one node
+    source = onnx.load(str(folder / "decoder_model_merged.onnx"), load_external_data=False)
+    inits = {t.name: t for t in source.graph.initializer}
+    projections = [inits[n.input[1]] for n in source.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert len(projections) >= 40
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    widths = sum(onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute if a.name == "N")
+    assert widths == sum(int(w.dims[1]) for w in projections)
+    assert len(nbits) < len(projections)
+
+
+def test_q4_packs_matmuls_that_share_an_input_and_computes_the_same(tmp_path):
+    """q, k and v (and gate / up) read one input: quantize_q4 writes one MatMulNBits over their weights side by
+    side and a Split, whose outputs are bit for bit what three separate MatMulNBits give (onnxruntime's own
+    quantizer, one node per weight), in a decode step and in a prefill chunk."""
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer,
+    )
+
+    rng = np.random.default_rng(7)
+    k, widths = 256, (128, 64, 64)
+    weights = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32) * 0.05, f"w{i}")
+               for i, n in enumerate(widths)]
+    nodes = [helper.make_node("MatMul", ["x", w.name], [f"y{i}"], name=f"proj{i}") for i, w in enumerate(weights)]
+    nodes.append(helper.make_node("MatMul", ["y0", "w_out"], ["z"], name="out"))     # a lone MatMul stays lone
+    w_out = numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32) * 0.05, "w_out")
+    graph = helper.make_graph(
+        nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", k])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y0", "y1", "y2", "z")],
+        [*weights, w_out])
+    src = tmp_path / "qkv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(src))
+
+    out = quantize_graph(src, tmp_path / "qkv_q4.onnx", "q4")
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("MatMulNBits") == 2 and ops.count("Split") == 1
+
+    config = DefaultWeightOnlyQuantConfig(block_size=quantize_q4.MATMUL_BLOCK, is_symmetric=True, accuracy_level=4,
+                                          bits=4, op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+    quantizer.process()
+    reference = tmp_path / "reference.onnx"
+    onnx.save(quantizer.model.model, str(reference))
+    assert [n.op_type for n in onnx.load(str(reference)).graph.node].count("MatMulNBits") == 4
+
+    for seq in (1, 7):
+        feed = {"x": rng.standard_normal((1, seq, k)).astype(np.float32)}
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)
+        want = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"]).run(None, feed)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
