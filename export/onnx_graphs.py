@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from edgevid.model.folder_format import KV_IN_PLACE
+
 from .decoder import DecoderGraph
 from .embed_graph import write_embed_graph
 from .encoders import VisionEncoderGraph
@@ -255,9 +257,6 @@ def decoder_example_inputs(graph: DecoderGraph, batch=2, seq=3, past=4):
     args.append(torch.tensor(0, dtype=torch.int64))          # num_logits_to_keep
     dyn.append(None)
     return args, dyn
-
-
-KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past/present may be one buffer
 
 
 def export_decoder(model, path: Path, opset=None, weights=None, kernel: bool = True) -> Path:

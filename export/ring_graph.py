@@ -13,14 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KV_RING = "edgevid.kv_ring"                   # metadata: "layer:capacity,..." of the ring layers
-RING_STEM = "decoder_model_ring"
-MERGED_STEM = "decoder_model_merged"
+from edgevid.model.folder_format import KV_RING, ring_path
+
 RING_SLACK = 256                              # slots above the window: the kernel compacts every 257 steps
-
-
-def ring_path(decoder: Path) -> Path:
-    return decoder.with_name(decoder.name.replace(MERGED_STEM, RING_STEM, 1))
 
 
 def write_ring_variant(decoder: Path) -> Path | None:

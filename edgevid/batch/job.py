@@ -17,7 +17,7 @@ from pathlib import Path
 from edgevid.media import SourcePolicy
 from edgevid.model.generate import GenerationOptions
 from edgevid.model.manifest import ModelFolder
-from edgevid.model.sessions import MERGED_STEM, RING_STEM
+from edgevid.model.folder_format import ring_path
 
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder")
 IDENTITY_FILES = ("edgevid.json", "config.json", "generation_config.json", "tokenizer.json",
@@ -91,7 +91,7 @@ def model_files(folder: ModelFolder, precision: str) -> list[Path]:
     their external data (``<graph>.onnx_data``, ``<graph>_data``, ...) and the decoder's ring variant."""
     graphs = [Path(folder.graph_path(kind, precision)) for kind in GRAPHS]
     decoder = graphs[list(GRAPHS).index("decoder")]
-    graphs.append(decoder.with_name(decoder.name.replace(MERGED_STEM, RING_STEM, 1)))
+    graphs.append(ring_path(decoder))
     wanted = []
     for path in sorted(p for p in folder.path.rglob("*") if p.is_file()):
         if ".onnx" in path.name:

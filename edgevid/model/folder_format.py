@@ -12,6 +12,8 @@ format 2 folders (classic decoders, e.g. the bundled demo) and format 1 folders 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 MANIFEST = "edgevid.json"
 FORMAT_VERSION = 3                         # what export writes
 SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)      # what the runtime reads
@@ -22,6 +24,10 @@ GRAPHS = ("vision_encoder", "embed_tokens", "decoder")
 # graph key -> file stem; precision -> file suffix (onnx-community's names)
 GRAPH_FILES = {"vision_encoder": "vision_encoder", "embed_tokens": "embed_tokens", "decoder": "decoder_model_merged"}
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
+# the kernel decoder's metadata, and the ring variant beside it (``edgevid_export.ring_graph``)
+KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past and present may be one buffer
+KV_RING = "edgevid.kv_ring"             # ring variant's metadata: "layer:capacity,..." of window-sized caches
+RING_STEM = "decoder_model_ring"
 # every suffix a folder may hold, named as transformers.js names them (utils/dtypes.js): "q8" is the 8-bit
 # dynamic quantisation shipped as ``_quantized``, which edgevid's export calls int8
 RUNTIME_SUFFIXES = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "int8": "_int8", "uint8": "_uint8",
@@ -32,3 +38,8 @@ def graph_files(precision: str, directory: str = GRAPH_DIR) -> dict[str, str]:
     """``{"vision_encoder": "onnx/vision_encoder_q4.onnx", ...}`` for a precision (``directory="."``: the root)."""
     prefix = f"{directory}/" if directory not in ("", ".") else ""
     return {key: f"{prefix}{stem}{SUFFIX[precision]}.onnx" for key, stem in GRAPH_FILES.items()}
+
+
+def ring_path(decoder: Path) -> Path:
+    """``onnx/decoder_model_ring<suffix>.onnx`` beside ``onnx/decoder_model_merged<suffix>.onnx``."""
+    return decoder.with_name(decoder.name.replace(GRAPH_FILES["decoder"], RING_STEM, 1))

@@ -50,6 +50,7 @@ from typing import Sequence
 import numpy as np
 
 from edgevid.errors import ModelFolderError
+from edgevid.model.folder_format import KV_IN_PLACE, KV_RING, ring_path
 from edgevid.model.heap import trim_heap
 from edgevid.model.mapped_pages import TrimMappedPages, register_weights, release_weight_pages
 from edgevid.model.providers import CPU, ProviderChoice, select_providers
@@ -64,9 +65,6 @@ _NP_TYPES = {
     "tensor(int32)": np.int32,
 }
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past and present may be one buffer
-KV_RING = "edgevid.kv_ring"             # ring variant's metadata: "layer:capacity" of window-sized caches
-MERGED_STEM, RING_STEM = "decoder_model_merged", "decoder_model_ring"
 CAPACITY_STEP = 256                     # in-place KV buffers grow in multiples of this many rows
 
 
@@ -350,7 +348,7 @@ class DecoderSession(GraphSession):
 
     def __init__(self, path, choice, config=SessionConfig()):
         path = Path(path)
-        ring = path.with_name(path.name.replace(MERGED_STEM, RING_STEM, 1))
+        ring = ring_path(path)
         use_ring = (ring != path and ring.is_file() and config.kv_in_place and choice.name == CPU)
         super().__init__(ring if use_ring else path, choice, config)
         if use_ring:
