@@ -279,7 +279,7 @@ class Pipeline:
         return logits, cache
 
     def _blocks(self, ids: np.ndarray) -> np.ndarray | None:
-        return np.isin(ids, _placeholder_ids(self.folder)) if self.decoder.needs_input_ids else None
+        return np.isin(ids, _placeholder_ids(self.folder)) if self.decoder.vision_blocks else None
 
     def _encode(self, vision, use: CacheUse | None = None) -> np.ndarray:
         """Vision features of one media item, from the media cache when its encoder input was seen."""

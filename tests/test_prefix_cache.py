@@ -190,10 +190,15 @@ def test_prefill_bounds_end_chunks_at_anchors():
 
 def test_spinning_is_an_explicit_choice(model_dir):
     for spinning, entry in ((True, "1"), (False, "0")):
-        pipeline = Pipeline.load(model_dir, device="cpu", threads=1, spinning=spinning, prefix_cache_bytes=0)
-        for graph in (pipeline.decoder, pipeline.embed, pipeline.vision):
+        pipeline = Pipeline.load(model_dir, device="cpu", threads=2, spinning=spinning, prefix_cache_bytes=0)
+        for graph in (pipeline.decoder, pipeline.vision):
             options = graph.session.get_session_options()
             assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+            assert options.intra_op_num_threads == 2
+        # the token lookup runs on the calling thread: no pool of its own to wake or spin beside the decoder's
+        options = pipeline.embed.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == 1
 
 
 def test_spinning_follows_the_load_average(monkeypatch):

@@ -28,6 +28,9 @@ SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "q4": "_q4", "q4f16
 KV_IN_PLACE = "edgevid.kv_in_place"     # decoder metadata: layers whose past and present may be one buffer
 KV_RING = "edgevid.kv_ring"             # ring variant's metadata: "layer:capacity,..." of window-sized caches
 RING_STEM = "decoder_model_ring"
+EMBEDS_INSIDE = "edgevid.embeds_inside"  # ring variant's metadata: it looks up input_ids itself (inputs_embeds: media rows)
+VISION_BLOCKS = "edgevid.vision_blocks"  # ring variant's metadata: input_ids also mark bidirectional vision blocks
+PREFILL_CHUNK = "edgevid.prefill_chunk"  # ring variant's metadata: prompt tokens per prefill run suited to the model
 # every suffix a folder may hold, named as transformers.js names them (utils/dtypes.js): "q8" is the 8-bit
 # dynamic quantisation shipped as ``_quantized``, which edgevid's export calls int8
 RUNTIME_SUFFIXES = {"fp32": "", "fp16": "_fp16", "q8": "_quantized", "int8": "_int8", "uint8": "_uint8",

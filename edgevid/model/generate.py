@@ -162,7 +162,7 @@ def _chunks(start: int, stop: int, chunk: int, inside) -> list[tuple[int, int]]:
 
 def prompt_bounds(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = None) -> list[tuple[int, int]]:
     """The prefill chunks of ``prompt`` on ``decoder`` (its configured chunk size unless ``chunk``)."""
-    chunk = decoder.config.prefill_chunk if chunk is None else chunk
+    chunk = decoder.prefill_chunk if chunk is None else chunk
     return prefill_bounds(int(np.asarray(prompt.input_ids).shape[-1]), chunk, prompt.blocks, prompt.anchors)
 
 
@@ -207,6 +207,9 @@ def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInp
     while True:
         token = sampler(logits)
         yield token
+        if decoder.embeds_inside:
+            logits = decoder.forward(decoder.step_feeds(token), cache, 1)
+            continue
         step_ids = np.array([[token]], dtype=np.int64)
         if on_device:
             feeds = embed.embed_bound(step_ids, decoder.device)

@@ -43,14 +43,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from edgevid.errors import ModelFolderError
-from edgevid.model.folder_format import KV_IN_PLACE, KV_RING, ring_path
+from edgevid.model.folder_format import (EMBEDS_INSIDE, KV_IN_PLACE, KV_RING, PREFILL_CHUNK, VISION_BLOCKS,
+                                         ring_path)
 from edgevid.model.heap import trim_heap
 from edgevid.model.mapped_pages import TrimMappedPages, register_weights, release_weight_pages
 from edgevid.model.providers import CPU, ProviderChoice, select_providers
@@ -66,6 +67,7 @@ _NP_TYPES = {
 }
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 CAPACITY_STEP = 256                     # in-place KV buffers grow in multiples of this many rows
+DEFAULT_PREFILL_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ class SessionConfig:
     threads: int | None = None          # intra-op threads; None = one per physical core
     optimization: str = "all"           # "disable" | "basic" | "extended" | "all"
     frames_per_run: int = 4             # vision encoder chunk: bounds activation memory
-    prefill_chunk: int = 128            # prompt tokens per decoder run during prefill (0 = all at once)
+    prefill_chunk: int | None = None    # prompt tokens per decoder run during prefill (0 = all at once;
+                                        # None: the graph's own suggestion, else DEFAULT_PREFILL_CHUNK)
     optimized_model_dir: str | None = None  # write the optimised graphs here (debugging)
     spinning: bool = False              # intra-op threads busy-wait between ops (onnxruntime's default: on)
     kv_in_place: bool = True            # write the KV cache in place where the graph allows it
@@ -265,7 +268,9 @@ class Embeddings:
 
 class EmbedSession(GraphSession):
     def __init__(self, path, choice, config=SessionConfig(), *, placeholder_ids: Sequence[int] = (), pad_id: int = 0):
-        super().__init__(path, choice, config)
+        # a lookup runs on the calling thread: a second intra-op pool would wake (or spin) beside the decoder's
+        # once per generated token, for a few rows of work
+        super().__init__(path, choice, replace(config, threads=1, spinning=False))
         self.placeholder_ids = np.asarray(sorted(set(placeholder_ids)), dtype=np.int64)
         self.pad_id = int(pad_id)
         self.has_per_layer = "per_layer_inputs" in self.output_names
@@ -332,6 +337,7 @@ class KVCache:
         self.length = length
         self.borrowed = borrowed
         self.ring = ring              # names whose buffer is a window-sized ring (its rows move as it evicts)
+        self.binding = None           # (decoder, buffers, IOBinding, its step inputs) reused across steps
 
     def snapshot(self) -> "KVCache":
         """A cache that later writes to this one cannot change: ring buffers copied, everything else shared
@@ -361,6 +367,23 @@ class DecoderSession(GraphSession):
         self.device = choice.ort_device if self.provider == choice.name else "cpu"
         self.in_place = self._in_place_names()
         self.ring_capacity = self._ring_capacity() if self.in_place else {}
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        # the CPU variant looks its tokens up itself: a decode step feeds input_ids and a zero embedding row
+        self.embeds_inside = metadata.get(EMBEDS_INSIDE) == "1" and self.needs_input_ids
+        # input_ids mark bidirectional vision blocks (prefill never cuts one) unless the graph reads them only
+        # to look tokens up
+        self.vision_blocks = self.needs_input_ids and (not self.embeds_inside or metadata.get(VISION_BLOCKS) == "1")
+        self._zero_row = None
+        self._logits = self._logits_value = self._reusable = None
+        self._in_place_order, self._growing_order = [], []
+        self.prefill_chunk = (config.prefill_chunk if config.prefill_chunk is not None
+                              else int(metadata.get(PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK)))
+
+    def step_feeds(self, token: int) -> dict:
+        """A decode step's inputs when the graph embeds its own tokens (``embeds_inside``)."""
+        if self._zero_row is None:
+            self._zero_row = np.zeros((1, 1, self.inputs["inputs_embeds"].shape[-1]), dtype=self.embeds_dtype)
+        return {"input_ids": np.array([[token]], dtype=np.int64), "inputs_embeds": self._zero_row}
 
     def _in_place_names(self) -> frozenset:
         """Past inputs that may share one buffer with their present (CPU only: growing a device buffer
@@ -466,6 +489,52 @@ class DecoderSession(GraphSession):
                 binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
         return binding, keep_alive
 
+    def _bind_reused(self, feeds: dict, arrays: dict, cache: KVCache):
+        """``_bind`` for a CPU decoder whose logits have one row: the cache keeps one binding (in-place buffers
+        as past and present, the logits into one reused array), and a step binds only its own inputs and the
+        growing layers, instead of every layer again."""
+        import onnxruntime as ort
+
+        buffers = tuple(cache.values[name] for name in self._in_place_order)
+        state = cache.binding
+        if state is None or state[0] is not self or not all(a is b for a, b in zip(state[1], buffers)):
+            binding = self.session.io_binding()
+            for name, value in zip(self._in_place_order, buffers):
+                binding.bind_ortvalue_input(name, value)
+                binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+            if self._logits is None:
+                logits = next(arg for arg in self.session.get_outputs() if arg.name == "logits")
+                self._logits = np.empty((1, 1, logits.shape[-1]), dtype=_NP_TYPES.get(logits.type, np.float32))
+                self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits, "cpu", 0)
+            binding.bind_ortvalue_output("logits", self._logits_value)
+            state = (self, buffers, binding)
+        binding, keep_alive = state[2], []
+        for name, value in {**feeds, **arrays}.items():
+            if name not in self.inputs or value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                value = np.asarray(value, dtype=self.input_dtype(name), order="C")
+                keep_alive.append(value)
+                value = ort.OrtValue.ortvalue_from_numpy(value, "cpu", 0)
+            keep_alive.append(value)
+            binding.bind_ortvalue_input(name, value)
+        for name in self._growing_order:
+            binding.bind_ortvalue_input(name, cache.values[name])
+            binding.bind_output(name.replace("past_key_values.", "present."), "cpu", 0)
+        cache.binding = (*state, keep_alive)        # what the binding points at lives until it is rebound
+        return binding, keep_alive
+
+    def _reuses_binding(self, cache: KVCache, seq_len: int) -> bool:
+        if self._reusable is None or self._reusable[0] is not self.in_place:
+            logits = next((arg for arg in self.session.get_outputs() if arg.name == "logits"), None)
+            past = [name for name in self.inputs if _PAST.match(name)]
+            self._in_place_order = [name for name in past if name in self.in_place]
+            self._growing_order = [name for name in past if name not in self.in_place]
+            self._reusable = (self.in_place, self.device == "cpu" and bool(self.in_place) and logits is not None
+                              and isinstance(logits.shape[-1], int))
+        return self._reusable[1] and (seq_len == 1 or self.keeps_logits) and len(cache.values) == len(
+            self._in_place_order) + len(self._growing_order)
+
     def forward(self, feeds: dict, cache: KVCache, seq_len: int) -> np.ndarray:
         """Run ``seq_len`` new positions; ``feeds`` holds inputs_embeds / per_layer_inputs / input_ids as
         numpy arrays or OrtValues. Updates ``cache`` in place and returns the last position's logits."""
@@ -480,8 +549,9 @@ class DecoderSession(GraphSession):
             arrays["num_logits_to_keep"] = np.array(1, dtype=np.int64)
         if self.in_place:
             self._reserve(cache, total)
+        reused = self._reuses_binding(cache, seq_len)
         try:
-            binding, keep_alive = self._bind(feeds, arrays, cache)
+            binding, keep_alive = (self._bind_reused if reused else self._bind)(feeds, arrays, cache)
             self.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime's own error types
             self._fall_back_to_cpu(exc)
@@ -490,15 +560,20 @@ class DecoderSession(GraphSession):
             feeds = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in feeds.items() if v is not None}
             for name, value in cache.values.items():
                 cache.values[name] = ort.OrtValue.ortvalue_from_numpy(value.numpy(), "cpu", 0)
+            cache.binding, reused = None, False
             binding, keep_alive = self._bind(feeds, arrays, cache)
             self.session.run_with_iobinding(binding)
         if seq_len > 1:
             trim_memory()           # a prefill chunk's activations (decode steps are small: not worth it)
+        cache.length = total
+        del keep_alive
+        if reused and not self._growing_order:      # presents went into the cache's buffers, logits into ours
+            return self._logits[0, -1].astype(np.float32, copy=True)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         for name in cache.values:
             if name not in self.in_place:
                 cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
-        cache.length = total
-        del keep_alive
+        if reused:
+            return self._logits[0, -1].astype(np.float32, copy=True)
         logits = outputs["logits"].numpy()
         return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32, copy=False)
