@@ -569,7 +569,10 @@ class DecoderSession(GraphSession):
         del keep_alive
         if reused and not self._growing_order:      # presents went into the cache's buffers, logits into ours
             return self._logits[0, -1].astype(np.float32, copy=True)
-        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        # an IOBinding lists outputs in the order they were first bound
+        order = ([n.replace("past_key_values.", "present.") for n in self._in_place_order] + ["logits"]
+                 + [n.replace("past_key_values.", "present.") for n in self._growing_order]) if reused else self.output_names
+        outputs = dict(zip(order, binding.get_outputs()))
         for name in cache.values:
             if name not in self.in_place:
                 cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
