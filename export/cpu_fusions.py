@@ -13,7 +13,7 @@ runtime alone loads (``ring_graph``), which feeds one unpadded row:
 - ``Add(a, b) -> SimplifiedLayerNormalization`` -> ``com.microsoft.SkipSimplifiedLayerNormalization``, whose
   fourth output is the sum the residual stream goes on with.
 - ``Mul(x, c)`` with ``c`` a constant scalar 1 -> ``x`` (``x * 1.0`` is ``x`` bit for bit).
-- ``Reshape(Reshape(x, s1), s2)`` -> ``Reshape(x, s2)``.
+- ``Reshape(Reshape(x, s1), s2)`` -> ``Reshape(x, s2)``, and a Reshape to the dims its input has -> its input.
 - ``GroupQueryAttention``'s ``attention_bias`` dropped: with every ``attention_mask`` entry 1 it is 0 where
   the kernel's own causal and window rules allow a key and masked where they do not.
 - Nodes and initializers left without consumers are removed.
@@ -219,6 +219,30 @@ def collapse_reshapes(g: _Graph) -> int:
     return count
 
 
+def _dims(g: _Graph, name: str) -> list | None:
+    shape = g.shapes.get(name)
+    if shape is None or not shape.dim:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
+            for d in shape.dim]
+    return None if any(d in (None, "") for d in dims) else dims
+
+
+def drop_identity_reshapes(g: _Graph) -> int:
+    """A Reshape whose input and output the exporter's shape inference gave the same dims (the same sizes or
+    the same symbols) returns its input."""
+    count = 0
+    for node in [n for n in g.nodes if n.op_type == "Reshape"]:
+        dims = _dims(g, node.input[0])
+        if dims is None or dims != _dims(g, node.output[0]) or g.kept(node.output[0]):
+            continue
+        for user in g.consumers.get(node.output[0], []):
+            user.input[:] = [node.input[0] if i == node.output[0] else i for i in user.input]
+        g.replace([node], [], node)
+        count += 1
+    return count
+
+
 def drop_attention_bias(g: _Graph) -> int:
     count = 0
     for node in g.nodes:
@@ -256,6 +280,7 @@ def fuse_for_cpu(model, *, unpadded: bool = True) -> dict:
     g = _Graph(model.graph)
     counts = {"rms_norm": fuse_rms_norms(g), "identity_mul": drop_identity_scalars(g),
               "skip_norm": fuse_skip_norms(g), "reshape": collapse_reshapes(g)}
+    counts["reshape"] += drop_identity_reshapes(g)
     if unpadded:
         counts["attention_bias"] = drop_attention_bias(g)
     counts["dead"] = remove_dead(g)

@@ -199,3 +199,26 @@ def test_decode_steps_inside_the_graph_equal_the_embedding_session(e2b_model):
         runs[in_place] = (np.stack(seen), tokens)
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=0, atol=1e-4)
     assert runs[True][1] == runs[False][1]
+
+
+def test_a_reshape_to_the_dims_it_already_has_is_dropped():
+    """Shape inference gave input and output the same dims (sizes or symbols): the Reshape returns its input;
+    one whose output dims are unknown stays."""
+    shape = ["batch", "seq", HIDDEN]
+    nodes = [helper.make_node("Shape", ["x"], ["target"]),
+             helper.make_node("Reshape", ["x", "target"], ["same"]),
+             helper.make_node("Relu", ["same"], ["y"]),
+             helper.make_node("Reshape", ["x", "target"], ["unknown"]),
+             helper.make_node("Neg", ["unknown"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")],
+                              value_info=[helper.make_tensor_value_info("same", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    x = np.random.default_rng(3).standard_normal((2, 3, HIDDEN)).astype(np.float32)
+    before = _run(model, {"x": x})
+    assert cpu_fusions.fuse_for_cpu(model)["reshape"] == 1
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    assert list(relu.input) == ["x"] and sum(n.op_type == "Reshape" for n in model.graph.node) == 1
+    for got, want in zip(_run(model, {"x": x}), before):
+        np.testing.assert_array_equal(got, want)

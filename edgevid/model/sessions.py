@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -338,6 +339,7 @@ class KVCache:
         self.borrowed = borrowed
         self.ring = ring              # names whose buffer is a window-sized ring (its rows move as it evicts)
         self.binding = None           # (decoder, buffers, IOBinding, its step inputs) reused across steps
+        self.room = 0                 # positions every in-place buffer has (set by DecoderSession._reserve)
 
     def snapshot(self) -> "KVCache":
         """A cache that later writes to this one cannot change: ring buffers copied, everything else shared
@@ -445,7 +447,10 @@ class DecoderSession(GraphSession):
         a ring layer's buffer has its fixed capacity and is copied whole (its rows are the kernel's layout)."""
         import onnxruntime as ort
 
+        if total <= cache.room and not cache.borrowed:
+            return
         cache.ring = frozenset(self.ring_capacity)
+        room = None
         for name in self.in_place:
             value = cache.values[name]
             shape = value.shape()
@@ -456,15 +461,18 @@ class DecoderSession(GraphSession):
                 capacity, keep = ring, (shape[2] if cache.length else 0)
             else:
                 if shape[2] >= total and not cache.borrowed:
+                    room = shape[2] if room is None else min(room, shape[2])
                     continue
                 capacity = shape[2] if shape[2] >= total else max(total, 2 * shape[2])
                 capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
                 keep = cache.length
+                room = capacity if room is None else min(room, capacity)
             buffer = np.zeros((shape[0], shape[1], capacity, shape[3]), dtype=_NP_TYPES.get(value.data_type(), np.float32))
             if keep:
                 buffer[:, :, :keep] = value.numpy()[:, :, :keep]
             cache.values[name] = ort.OrtValue.ortvalue_from_numpy(buffer, "cpu", 0)
         cache.borrowed = False
+        cache.room = sys.maxsize if room is None else room      # rings alone never run out of room
 
     def _bind(self, feeds: dict, arrays: dict, cache: KVCache):
         import onnxruntime as ort
