@@ -130,7 +130,7 @@ def prompt_ids(workdir: Path, n: int) -> np.ndarray:
 
 # ---- sides (each in its own process) ---------------------------------------------------------------------
 def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spinning: bool) -> dict:
-    from edgevid.model.generate import PromptInputs, decode_steps, prefill
+    from edgevid.model.generate import PromptInputs, decode_steps, prefill, prompt_embeddings
     from edgevid.model.manifest import ModelFolder
     from edgevid.model.providers import select_providers
     from edgevid.model.sampling import greedy
@@ -143,7 +143,7 @@ def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spin
                          placeholder_ids=[folder.special.image, folder.special.video], pad_id=folder.special.pad)
     decoder = DecoderSession(folder.graph_path("decoder", precision), choice, config)
     t = time.perf_counter()
-    prompt = PromptInputs(ids, embed.embed(ids))
+    prompt = PromptInputs(ids, prompt_embeddings(embed, decoder, ids))
     # as Pipeline.chat does: the cache is sized for the prompt and the tokens to come (genai: max_length)
     steps = decode_steps(decoder, embed, prompt, greedy, prefilled=prefill(decoder, prompt, room=DECODE_TOKENS))
     tokens = [next(steps)]

@@ -149,7 +149,7 @@ def run_torch(workdir: Path, threads: int, dtype_name: str) -> dict:
 
 
 def run_onnx(workdir: Path, threads: int, precision: str) -> dict:
-    from edgevid.model.generate import PromptInputs, decode_steps
+    from edgevid.model.generate import PromptInputs, decode_steps, prompt_embeddings
     from edgevid.model.manifest import ModelFolder
     from edgevid.model.providers import select_providers
     from edgevid.model.sampling import greedy
@@ -173,7 +173,7 @@ def run_onnx(workdir: Path, threads: int, precision: str) -> dict:
         state["features"] = vision_session.encode(pv, pos)
 
     def prefill():
-        embeddings = embed.embed(ids)
+        embeddings = prompt_embeddings(embed, decoder, ids)
         merge_vision_features(embeddings.inputs_embeds, [positions], [state["features"]])
         steps = decode_steps(decoder, embed, PromptInputs(ids, embeddings), greedy)
         return steps, next(steps)

@@ -189,7 +189,7 @@ def timed_passes(vision, first_token, decode) -> dict:
 
 
 def run_onnx(workdir: Path, threads: int, precision: str) -> dict:
-    from edgevid.model.generate import PromptInputs, decode_steps
+    from edgevid.model.generate import PromptInputs, decode_steps, prompt_embeddings
     from edgevid.model.manifest import ModelFolder
     from edgevid.model.providers import select_providers
     from edgevid.model.sampling import greedy
@@ -211,7 +211,7 @@ def run_onnx(workdir: Path, threads: int, precision: str) -> dict:
 
     def first_token():
         features = vision.encode(pv, pos)
-        embeddings = embed.embed(ids)
+        embeddings = prompt_embeddings(embed, decoder, ids)
         merge_vision_features(embeddings.inputs_embeds, [positions], [features])
         steps = decode_steps(decoder, embed, PromptInputs(ids, embeddings), greedy)
         first = next(steps)

@@ -32,7 +32,8 @@ from edgevid.bundled_demo import demo_dir
 from edgevid.errors import InvalidRequestError
 from edgevid.model.cache import CacheUse, MediaCache, encoder_identity, features_key
 from edgevid.model.generate import (
-    GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, prefill, prompt_bounds, stream_generate,
+    GenerationOptions, PromptInputs, TextPiece, check_context, decode_steps, prefill, prompt_bounds, prompt_embeddings,
+    stream_generate,
 )
 from edgevid.model.manifest import ModelFolder
 from edgevid.model.media_parts import resolve_media_parts
@@ -209,7 +210,7 @@ class Pipeline:
         """Vision-encode the prompt's media, embed its ids and merge the features in; from ``offset`` on
         only (a prefix-cache hit holds the rest: media wholly before it are not encoded at all)."""
         ids = prompt.input_ids
-        embeddings = self.embed.embed(ids[offset:])
+        embeddings = prompt_embeddings(self.embed, self.decoder, ids[offset:])
         where, features = [], []
         for item, positions in zip(prompt.media, prompt.media_positions()):
             if positions.size and positions[-1] >= offset:

@@ -222,3 +222,26 @@ def test_a_reshape_to_the_dims_it_already_has_is_dropped():
     assert list(relu.input) == ["x"] and sum(n.op_type == "Reshape" for n in model.graph.node) == 1
     for got, want in zip(_run(model, {"x": x}), before):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_prompt_for_the_cpu_variant_runs_no_separate_lookup(e2b_model, test_clip, monkeypatch):
+    """The variant reads only media rows from ``inputs_embeds``: the pipeline hands it zeros plus the vision
+    features, never running the embedding session, and answers as the portable graph fed by that session."""
+    from edgevid.model.generate import GenerationOptions
+    from edgevid.model.sessions import SessionConfig
+    from edgevid.pipeline import Pipeline
+
+    _, model_dir = e2b_model
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(test_clip)}},
+                                             {"type": "text", "text": "What happens?"}]}]
+    options = GenerationOptions(max_tokens=6, num_frames=4)
+    portable = Pipeline.load(model_dir, device="cpu", session_config=SessionConfig(kv_in_place=False))
+    variant = Pipeline.load(model_dir, device="cpu")
+    assert variant.decoder.embeds_inside and not portable.decoder.embeds_inside
+
+    def no_lookup(ids):
+        raise AssertionError("the embedding session ran for a decoder that looks tokens up itself")
+
+    monkeypatch.setattr(variant.embed, "embed", no_lookup)
+    monkeypatch.setattr(variant.embed, "embed_bound", no_lookup)
+    assert variant.chat(messages, options).token_ids == portable.chat(messages, options).token_ids

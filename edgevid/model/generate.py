@@ -124,6 +124,16 @@ class PromptInputs:
     offset: int = 0
 
 
+def prompt_embeddings(embed: EmbedSession, decoder: DecoderSession, input_ids) -> Embeddings:
+    """The prompt's embeddings, before media rows are merged in. A decoder that looks its tokens up itself
+    (``embeds_inside``) reads only the media rows of ``inputs_embeds``, so it gets zeros and no lookup runs."""
+    if decoder.embeds_inside:
+        rows = int(np.asarray(input_ids).shape[-1])
+        width = decoder.inputs["inputs_embeds"].shape[-1]
+        return Embeddings(np.zeros((1, rows, width), dtype=decoder.embeds_dtype), None)
+    return embed.embed(input_ids)
+
+
 def prefill_bounds(length: int, chunk: int, blocks: np.ndarray | None = None,
                    anchors: Sequence[int] = ()) -> list[tuple[int, int]]:
     """Cut a prompt into prefill chunks of at most ``chunk`` tokens (0 = no size limit). A run of ``blocks``
