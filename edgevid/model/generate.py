@@ -22,7 +22,7 @@ import numpy as np
 
 from edgevid.errors import ContextLengthError, InvalidRequestError
 from edgevid.model.sampling import make_sampler
-from edgevid.model.sessions import DecoderSession, EmbedSession, Embeddings, KVCache
+from edgevid.model.sessions import DecoderSession, EmbedSession, Embeddings, KVCache, trim_memory
 from edgevid.model.tokenizer import StopMatcher
 
 MAX_STOP_STRINGS = 4
@@ -201,7 +201,8 @@ def prefill(decoder: DecoderSession, prompt: PromptInputs, chunk: int | None = N
         feeds = {"inputs_embeds": e.inputs_embeds[:, r], "input_ids": ids[:, a:b]}
         if e.per_layer_inputs is not None:
             feeds["per_layer_inputs"] = e.per_layer_inputs[:, r]
-        logits = decoder.forward(feeds, cache, b - a)
+        # the last chunk's memory goes back once the first token is out (decode_steps), not before it
+        logits = decoder.forward(feeds, cache, b - a, trim=b < ids.shape[1])
         done = b
         if after_chunk is not None and b < ids.shape[1]:
             after_chunk(b, logits, cache)
@@ -214,20 +215,32 @@ def decode_steps(decoder: DecoderSession, embed: EmbedSession, prompt: PromptInp
     Endless: the consumer decides when to stop (and closes)."""
     logits, cache = prefilled if prefilled is not None else prefill(decoder, prompt)
     on_device = _embed_outputs_match(embed, decoder)
-    while True:
-        token = sampler(logits)
-        yield token
-        if decoder.embeds_inside:
-            logits = decoder.forward(decoder.step_feeds(token), cache, 1)
-            continue
-        step_ids = np.array([[token]], dtype=np.int64)
-        if on_device:
-            feeds = embed.embed_bound(step_ids, decoder.device)
-        else:
-            e = embed.embed(step_ids)
-            feeds = {"inputs_embeds": e.inputs_embeds, "per_layer_inputs": e.per_layer_inputs}
-        feeds["input_ids"] = step_ids
-        logits = decoder.forward(feeds, cache, 1)
+    trimmed = False
+    try:
+        while True:
+            token = sampler(logits)
+            yield token
+            if not trimmed:         # the prefill's last chunk, off the time to first token
+                trim_memory()
+                trimmed = True
+            logits = _step(decoder, embed, cache, token, on_device)
+    finally:
+        if not trimmed:
+            trim_memory()
+
+
+def _step(decoder: DecoderSession, embed: EmbedSession, cache: KVCache, token: int, on_device: bool) -> np.ndarray:
+    """One decode step: ``token`` in, the next position's logits out."""
+    if decoder.embeds_inside:
+        return decoder.forward(decoder.step_feeds(token), cache, 1)
+    step_ids = np.array([[token]], dtype=np.int64)
+    if on_device:
+        feeds = embed.embed_bound(step_ids, decoder.device)
+    else:
+        e = embed.embed(step_ids)
+        feeds = {"inputs_embeds": e.inputs_embeds, "per_layer_inputs": e.per_layer_inputs}
+    feeds["input_ids"] = step_ids
+    return decoder.forward(feeds, cache, 1)
 
 
 def _embed_outputs_match(embed: EmbedSession, decoder: DecoderSession) -> bool:

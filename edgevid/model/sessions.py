@@ -543,9 +543,10 @@ class DecoderSession(GraphSession):
         return self._reusable[1] and (seq_len == 1 or self.keeps_logits) and len(cache.values) == len(
             self._in_place_order) + len(self._growing_order)
 
-    def forward(self, feeds: dict, cache: KVCache, seq_len: int) -> np.ndarray:
+    def forward(self, feeds: dict, cache: KVCache, seq_len: int, trim: bool = True) -> np.ndarray:
         """Run ``seq_len`` new positions; ``feeds`` holds inputs_embeds / per_layer_inputs / input_ids as
-        numpy arrays or OrtValues. Updates ``cache`` in place and returns the last position's logits."""
+        numpy arrays or OrtValues. Updates ``cache`` in place and returns the last position's logits.
+        ``trim``: hand a multi-token run's freed memory back to the OS now (off: the caller does it later)."""
         import onnxruntime as ort
 
         total = cache.length + seq_len
@@ -571,7 +572,7 @@ class DecoderSession(GraphSession):
             cache.binding, reused = None, False
             binding, keep_alive = self._bind(feeds, arrays, cache)
             self.session.run_with_iobinding(binding)
-        if seq_len > 1:
+        if seq_len > 1 and trim:
             trim_memory()           # a prefill chunk's activations (decode steps are small: not worth it)
         cache.length = total
         del keep_alive
