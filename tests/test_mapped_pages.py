@@ -95,3 +95,48 @@ def test_packed_weights_do_not_keep_their_file_pages(q4_matmul, tmp_path):
     assert ours["load_peak"] < plain["load_peak"] - 0.3 * file_bytes, (plain, ours)
     # the dropped pages are read again when needed: the same result, bit for bit
     np.testing.assert_array_equal(np.load(tmp_path / "ours.npy"), np.load(tmp_path / "plain.npy"))
+
+
+def _in_page_cache(path: Path) -> float:
+    """Share of ``path``'s pages in the page cache (``mincore`` on a fresh mapping, nothing touched)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) == 0, ctypes.get_errno()
+            return sum(v & 1 for v in vector) / pages
+        finally:
+            del address
+            mapped.close()
+
+
+def test_released_table_rows_stay_in_the_page_cache(tmp_path):
+    """After a lookup, the embedding table's pages leave the process but not the page cache (the next prompt's
+    rows fault in from memory); other weight files' pages are reclaimed."""
+    import mmap
+
+    from edgevid.model import mapped_pages
+
+    files = {name: tmp_path / name for name in ("embed_tokens_q4.onnx_data", "decoder_model_merged_q4.onnx_data")}
+    for path in files.values():
+        path.write_bytes(np.random.default_rng(0).bytes(8 * 1024 ** 2))
+        os.sync()
+    mapped_pages.register_weights(tmp_path)
+    maps = []
+    for path in files.values():                        # mapped as onnxruntime maps them: private, read-write
+        with open(path, "rb") as handle:
+            maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY))
+        assert sum(maps[-1][i] for i in range(0, len(maps[-1]), mmap.PAGESIZE)) >= 0      # every page touched
+    assert mapped_pages.release_weight_pages() > 0
+    for m in maps:
+        m.close()
+    table, other = (_in_page_cache(files[name]) for name in files)
+    assert table > 0.9, table
+    assert other < 0.5, other
