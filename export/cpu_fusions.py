@@ -71,9 +71,7 @@ class _Graph:
 
     def rank3_last(self, name: str) -> int | None:
         shape = self.shapes.get(name)
-        if shape is None or len(shape.dim) != 3 or not shape.dim[2].HasField("dim_value"):
-            return None
-        return shape.dim[2].dim_value
+        return self.last_dim(name) if shape is not None and len(shape.dim) == 3 else None
 
     def last_dim(self, name: str) -> int | None:
         shape = self.shapes.get(name)
@@ -88,6 +86,12 @@ class _Graph:
         self.nodes = ([n for n in self.nodes[:index] if id(n) not in gone] + list(added)
                       + [n for n in self.nodes[index:] if id(n) not in gone])
         self.refresh()
+
+    def bypass(self, node, source: str) -> None:
+        """Remove ``node``; its readers read ``source`` instead of its output."""
+        for user in self.consumers.get(node.output[0], []):
+            user.input[:] = [source if i == node.output[0] else i for i in user.input]
+        self.replace([node], [], node)
 
     def commit(self) -> None:
         del self.graph.node[:]
@@ -197,9 +201,7 @@ def drop_identity_scalars(g: _Graph) -> int:
         # x * 1 is x only when the constant does not broadcast x to a higher rank
         if not _is_scalar(one, 1.0) or g.kept(mul.output[0]) or x not in g.shapes or one.ndim > len(g.shapes[x].dim):
             continue
-        for user in g.consumers.get(mul.output[0], []):
-            user.input[:] = [x if i == mul.output[0] else i for i in user.input]
-        g.replace([mul], [], mul)
+        g.bypass(mul, x)
         count += 1
     return count
 
@@ -236,9 +238,7 @@ def drop_identity_reshapes(g: _Graph) -> int:
         dims = _dims(g, node.input[0])
         if dims is None or dims != _dims(g, node.output[0]) or g.kept(node.output[0]):
             continue
-        for user in g.consumers.get(node.output[0], []):
-            user.input[:] = [node.input[0] if i == node.output[0] else i for i in user.input]
-        g.replace([node], [], node)
+        g.bypass(node, node.input[0])
         count += 1
     return count
 

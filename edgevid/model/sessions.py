@@ -27,8 +27,8 @@ Session options (``session_options``), chosen on purpose:
   reused; DirectML requires them off anyway.
 - intra-op spinning off (``spinning``): pool threads busy-wait between ops by default, which on shared
   cores (the usual edge box) takes CPU from the threads doing the work.
-- prefill in chunks of 128 tokens: a chunk's attention scores and MLP activations are the prefill's
-  transient memory, and smaller chunks cost no measurable prefill time.
+- prefill in chunks (the CPU variant's ``edgevid.prefill_chunk``, 128-512 tokens by model width, else 128): a
+  chunk's attention scores and MLP activations are the prefill's transient memory.
 - CPU memory arena off for every graph: the arena grows by powers of two and keeps what it took, for no
   decode speed; a vision arena would also stay reserved while the decoder runs.
 - after loading each graph, each vision run and each prefill chunk the freed heap is handed back to the OS
@@ -377,7 +377,7 @@ class DecoderSession(GraphSession):
         self.vision_blocks = self.needs_input_ids and (not self.embeds_inside or metadata.get(VISION_BLOCKS) == "1")
         self._zero_row = None
         self._logits = self._logits_value = self._reusable = None
-        self._in_place_order, self._growing_order = [], []
+        self._in_place_order, self._growing_order, self._reused_outputs = [], [], []
         self.prefill_chunk = (config.prefill_chunk if config.prefill_chunk is not None
                               else int(metadata.get(PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK)))
 
@@ -475,18 +475,8 @@ class DecoderSession(GraphSession):
         cache.room = sys.maxsize if room is None else room      # rings alone never run out of room
 
     def _bind(self, feeds: dict, arrays: dict, cache: KVCache):
-        import onnxruntime as ort
-
         binding = self.session.io_binding()
-        keep_alive = []
-        for name, value in {**feeds, **arrays}.items():
-            if name not in self.inputs or value is None:
-                continue
-            if isinstance(value, np.ndarray):
-                value = np.asarray(value, dtype=self.input_dtype(name), order="C")  # keeps 0-d scalars 0-d
-                keep_alive.append(value)
-                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
-            binding.bind_ortvalue_input(name, value)
+        keep_alive = self._bind_inputs(binding, {**feeds, **arrays})
         for name, value in cache.values.items():
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
@@ -496,6 +486,22 @@ class DecoderSession(GraphSession):
             else:
                 binding.bind_output(name, "cpu" if name == "logits" else self.device, 0)
         return binding, keep_alive
+
+    def _bind_inputs(self, binding, values: dict) -> list:
+        """Bind the step's own inputs (numpy arrays become OrtValues); returns what must outlive the run."""
+        import onnxruntime as ort
+
+        keep_alive = []
+        for name, value in values.items():
+            if name not in self.inputs or value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                value = np.asarray(value, dtype=self.input_dtype(name), order="C")  # keeps 0-d scalars 0-d
+                keep_alive.append(value)
+                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
+            keep_alive.append(value)
+            binding.bind_ortvalue_input(name, value)
+        return keep_alive
 
     def _bind_reused(self, feeds: dict, arrays: dict, cache: KVCache):
         """``_bind`` for a CPU decoder whose logits have one row: the cache keeps one binding (in-place buffers
@@ -516,16 +522,8 @@ class DecoderSession(GraphSession):
                 self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits, "cpu", 0)
             binding.bind_ortvalue_output("logits", self._logits_value)
             state = (self, buffers, binding)
-        binding, keep_alive = state[2], []
-        for name, value in {**feeds, **arrays}.items():
-            if name not in self.inputs or value is None:
-                continue
-            if isinstance(value, np.ndarray):
-                value = np.asarray(value, dtype=self.input_dtype(name), order="C")
-                keep_alive.append(value)
-                value = ort.OrtValue.ortvalue_from_numpy(value, "cpu", 0)
-            keep_alive.append(value)
-            binding.bind_ortvalue_input(name, value)
+        binding = state[2]
+        keep_alive = self._bind_inputs(binding, {**feeds, **arrays})
         for name in self._growing_order:
             binding.bind_ortvalue_input(name, cache.values[name])
             binding.bind_output(name.replace("past_key_values.", "present."), "cpu", 0)
@@ -538,6 +536,9 @@ class DecoderSession(GraphSession):
             past = [name for name in self.inputs if _PAST.match(name)]
             self._in_place_order = [name for name in past if name in self.in_place]
             self._growing_order = [name for name in past if name not in self.in_place]
+            # an IOBinding lists outputs in the order they were first bound (_bind_reused's order)
+            presents = lambda names: [n.replace("past_key_values.", "present.") for n in names]  # noqa: E731
+            self._reused_outputs = presents(self._in_place_order) + ["logits"] + presents(self._growing_order)
             self._reusable = (self.in_place, self.device == "cpu" and bool(self.in_place) and logits is not None
                               and isinstance(logits.shape[-1], int))
         return self._reusable[1] and (seq_len == 1 or self.keeps_logits) and len(cache.values) == len(
@@ -576,16 +577,15 @@ class DecoderSession(GraphSession):
             trim_memory()           # a prefill chunk's activations (decode steps are small: not worth it)
         cache.length = total
         del keep_alive
-        if reused and not self._growing_order:      # presents went into the cache's buffers, logits into ours
+        if reused:                  # in-place presents went into the cache's buffers, the logits into ours
+            if self._growing_order:
+                outputs = dict(zip(self._reused_outputs, binding.get_outputs()))
+                for name in self._growing_order:
+                    cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
             return self._logits[0, -1].astype(np.float32, copy=True)
-        # an IOBinding lists outputs in the order they were first bound
-        order = ([n.replace("past_key_values.", "present.") for n in self._in_place_order] + ["logits"]
-                 + [n.replace("past_key_values.", "present.") for n in self._growing_order]) if reused else self.output_names
-        outputs = dict(zip(order, binding.get_outputs()))
+        outputs = dict(zip(self.output_names, binding.get_outputs()))
         for name in cache.values:
             if name not in self.in_place:
                 cache.values[name] = outputs[name.replace("past_key_values.", "present.")]
-        if reused:
-            return self._logits[0, -1].astype(np.float32, copy=True)
         logits = outputs["logits"].numpy()
         return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32, copy=False)
