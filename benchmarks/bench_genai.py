@@ -11,9 +11,14 @@ parameters): hidden 1024, 12 layers, 9 sliding (window 512) + 3 full, 8 query / 
 exports it with its own exporter (fp32, q4); genai builds fp32 and int4 with ``prune_lm_head=true``
 (``--genai-all-logits`` builds the default, every prompt position's logits, instead).
 
-Per run, a fresh process: load, then time to first token (embedding + prefill + first greedy token) on a
-prompt of N random ids, then 64 greedy tokens (decode tokens/s over the 63 steps after the first), and
-the process's peak RSS. Sides interleaved A B A B for ``--rounds``, medians reported with the load
+``--checkpoint DIR`` compares on an existing dense Gemma 4 checkpoint instead (its text decoder; use a fresh
+``--workdir`` per checkpoint), and ``--prompt-file F`` (repeatable) times your own prompts: a ``.npy`` of
+token ids, or text, tokenised with the checkpoint's tokenizer (``<bos>`` added). Without prompt files, the
+prompts are seeded random ids of the ``--prompts`` lengths.
+
+Per run, a fresh process: load, then time to first token (embedding + prefill + first greedy token) on the
+prompt, then 64 greedy tokens (decode tokens/s over the 63 steps after the first), and the process's peak
+RSS. Sides interleaved A B A B for ``--rounds``; medians and ranges (min-max) reported with the load
 average. fp32 greedy tokens are compared between the sides.
 """
 from __future__ import annotations
@@ -115,17 +120,54 @@ def build_genai(python: str, checkpoint: Path, out: Path, precision: str, all_lo
     config_path.write_text(json.dumps(config, indent=1))
 
 
-def write_prompt(workdir: Path, n: int) -> None:
-    """``n`` seeded random ids after <bos> (both sides read the same file)."""
+def write_random_prompt(workdir: Path, n: int) -> str:
+    """``n`` seeded random ids after <bos> (both sides read the same file); returns the prompt's label."""
     from edgevid_export.demo import demo_token_ids
 
     rng = np.random.default_rng(SEED + n)
     np.save(workdir / f"prompt-{n}.npy",
             np.concatenate([[demo_token_ids().bos], rng.integers(300, 60000, n - 1)]).astype(np.int64))
+    return str(n)
 
 
-def prompt_ids(workdir: Path, n: int) -> np.ndarray:
-    return np.load(workdir / f"prompt-{n}.npy")
+def write_file_prompt(workdir: Path, source: Path, checkpoint: Path) -> str:
+    """A user's prompt: ``.npy`` token ids as they are, anything else read as text and tokenised with the
+    checkpoint's tokenizer. Returns its label (the file's stem)."""
+    if source.suffix == ".npy":
+        ids = np.load(source).reshape(-1).astype(np.int64)
+    else:
+        from transformers import AutoTokenizer
+
+        text = source.read_text(encoding="utf-8")
+        ids = np.asarray(AutoTokenizer.from_pretrained(checkpoint)(text)["input_ids"], dtype=np.int64)
+    if ids.size == 0:
+        raise SystemExit(f"{source}: empty prompt")
+    label = f"file-{source.stem}"
+    np.save(workdir / f"prompt-{label}.npy", ids)
+    return label
+
+
+def prompt_ids(workdir: Path, label: str) -> np.ndarray:
+    return np.load(workdir / f"prompt-{label}.npy")
+
+
+def use_checkpoint(workdir: Path, checkpoint: Path | None) -> Path:
+    """The checkpoint both sides are built from: ``checkpoint`` (recorded, so a workdir holding another
+    model's exports is refused) or the seeded one built into ``workdir``."""
+    record = workdir / "source.json"
+    source = str(checkpoint.resolve()) if checkpoint else "seeded"
+    if record.is_file() and json.loads(record.read_text())["checkpoint"] != source:
+        raise SystemExit(f"{workdir} holds exports of {json.loads(record.read_text())['checkpoint']}; "
+                         f"use another --workdir for {source}")
+    record.write_text(json.dumps({"checkpoint": source}))
+    if checkpoint:
+        if not (checkpoint / "config.json").is_file():
+            raise SystemExit(f"{checkpoint}: no config.json (a Gemma 4 checkpoint folder)")
+        return checkpoint
+    built = workdir / "checkpoint"
+    if not (built / "config.json").is_file():
+        build_checkpoint(built)
+    return built
 
 
 # ---- sides (each in its own process) ---------------------------------------------------------------------
@@ -181,9 +223,9 @@ def _result(ttft: float, decode: float, tokens: list[int]) -> dict:
 
 
 # ---- parent -------------------------------------------------------------------------------------------------
-def side_command(args, side: str, precision: str, n: int, spinning: bool = True) -> list[str]:
+def side_command(args, side: str, precision: str, label: str, spinning: bool = True) -> list[str]:
     python = sys.executable if side == "edgevid" else args.genai_python
-    cmd = [python, __file__, "--side", side, "--precision", precision, "--n", str(n), "--workdir",
+    cmd = [python, __file__, "--side", side, "--precision", precision, "--label", label, "--workdir",
            str(args.workdir), "--threads", str(args.threads)]
     return cmd + (["--spin"] if spinning else [])
 
@@ -199,40 +241,51 @@ def median(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def spread(rows, key, digits: int) -> str:
+    """``median (min-max)`` of one measure over the rounds."""
+    values = [r[key] for r in rows]
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench-genai"))
     parser.add_argument("--genai-python", help="python of a venv with onnxruntime-genai 0.18 + transformers 5.14")
+    parser.add_argument("--checkpoint", type=Path, help="an existing dense Gemma 4 checkpoint (default: build the "
+                        "seeded 257.5M one)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prompts", default="2000,100", help="prompt lengths in tokens, comma-separated")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prompts", default="2000,100", help="random prompt lengths in tokens, comma-separated")
+    parser.add_argument("--prompt-file", type=Path, action="append", default=[],
+                        help="a prompt of your own (.npy token ids, or text); repeatable; replaces --prompts")
     parser.add_argument("--precisions", default="fp32:fp32,q4:int4", help="edgevid:genai pairs")
     parser.add_argument("--genai-all-logits", action="store_true", help="genai without prune_lm_head")
     parser.add_argument("--no-spin", action="store_true", help="edgevid with intra-op spinning off")
     parser.add_argument("--compare-spinning", action="store_true",
-                        help="instead of genai: edgevid with spinning on (A) against off (B)")
+                        help="A = edgevid spinning on, B = edgevid spinning off (no genai)")
     parser.add_argument("--json", type=Path, help="also write every run here")
     parser.add_argument("--side", choices=["edgevid", "genai"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
-    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--label", help=argparse.SUPPRESS)
     parser.add_argument("--spin", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
     genai_dir = lambda p: args.workdir / f"genai-{p}{'-all' if args.genai_all_logits else ''}"  # noqa: E731
     if args.side == "edgevid":
-        print(json.dumps(run_edgevid(args.workdir / "edgevid", args.precision, prompt_ids(args.workdir, args.n), args.threads,
-                                     args.spin)))
+        print(json.dumps(run_edgevid(args.workdir / "edgevid", args.precision, prompt_ids(args.workdir, args.label),
+                                     args.threads, args.spin)))
         return
     if args.side == "genai":
-        print(json.dumps(run_genai(genai_dir(args.precision), prompt_ids(args.workdir, args.n))))
+        print(json.dumps(run_genai(genai_dir(args.precision), prompt_ids(args.workdir, args.label))))
         return
-    if not args.genai_python:
+    if not args.genai_python and not args.compare_spinning:
         raise SystemExit("--genai-python is required (a venv with onnxruntime-genai 0.18 and transformers 5.14)")
+    missing = [str(f) for f in args.prompt_file if not f.is_file()]
+    if missing:
+        raise SystemExit(f"prompt file not found: {', '.join(missing)}")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.workdir / "checkpoint"
-    if not (checkpoint / "config.json").is_file():
-        build_checkpoint(checkpoint)
+    checkpoint = use_checkpoint(args.workdir, args.checkpoint)
     if not (args.workdir / "edgevid" / "edgevid.json").is_file():
         export_edgevid(checkpoint, args.workdir / "edgevid")
     pairs = [tuple(p.split(":")) for p in args.precisions.split(",")]
@@ -240,41 +293,43 @@ def main() -> None:
         if not (genai_dir(genai_precision) / "genai_config.json").is_file():
             build_genai(args.genai_python, checkpoint, genai_dir(genai_precision), genai_precision,
                         args.genai_all_logits, args.threads)
-    lengths = [int(n) for n in args.prompts.split(",")]
-    for n in lengths:
-        write_prompt(args.workdir, n)
+    if args.prompt_file:
+        labels = [write_file_prompt(args.workdir, f, checkpoint) for f in args.prompt_file]
+    else:
+        labels = [write_random_prompt(args.workdir, int(n)) for n in args.prompts.split(",")]
     runs: dict = {}
-    for n in lengths:
+    for label in labels:
+        n = len(prompt_ids(args.workdir, label))
         for ours, theirs in pairs:
-            a = side_command(args, "edgevid", ours, n, spinning=not args.no_spin)
-            b = side_command(args, "genai", theirs, n)
+            a = side_command(args, "edgevid", ours, label, spinning=not args.no_spin)
+            b = side_command(args, "genai", theirs, label)
             if args.compare_spinning:
-                a, b = side_command(args, "edgevid", ours, n, True), side_command(args, "edgevid", ours, n, False)
+                a, b = side_command(args, "edgevid", ours, label, True), side_command(args, "edgevid", ours, label, False)
                 theirs = f"{ours} (no spin)"
-            rows = runs.setdefault(f"{n}:{ours}:{theirs}", {"edgevid": [], "genai": [], "load": []})
+            rows = runs.setdefault(f"{label}:{ours}:{theirs}", {"tokens": n, "edgevid": [], "genai": [], "load": []})
             for _ in range(args.rounds):
                 rows["edgevid"].append(run_side(a))
                 rows["genai"].append(run_side(b))
                 rows["load"].append(os.getloadavg()[0])
-                print(f"  {n} tokens, {ours} / {theirs}: " + " | ".join(
+                print(f"  {label} ({n} tokens), {ours} / {theirs}: " + " | ".join(
                     f"TTFT {r['ttft_s']:.2f} s, {r['decode_tok_s']:.1f} tok/s, {r['peak_rss_mb']:.0f} MB"
                     for r in (rows["edgevid"][-1], rows["genai"][-1])) + f" (load {rows['load'][-1]:.1f})", flush=True)
     if args.compare_spinning:
-        print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians; A = edgevid spinning on, "
-              f"B = off; {os.cpu_count()} CPUs\n")
+        print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians (min-max); A = edgevid "
+              f"spinning on, B = off; {os.cpu_count()} CPUs\n")
     else:
-        print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians; edgevid spinning "
+        print(f"\n{args.threads} threads, {args.rounds} rounds A B interleaved, medians (min-max); edgevid spinning "
               f"{'off' if args.no_spin else 'on'}; genai "
               f"{'all-position logits' if args.genai_all_logits else 'prune_lm_head'}; {os.cpu_count()} CPUs\n")
-    print("| prompt | A | B | TTFT A / B s | decode A / B tok/s | decode ratio A/B |"
+    print("| prompt tokens | A | B | TTFT A s | TTFT B s | decode A tok/s | decode B tok/s | decode ratio A/B |"
           " peak RSS A / B MB | tokens | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, rows in runs.items():
-        n, ours, theirs = key.split(":")
+        _, ours, theirs = key.split(":")
         e, g = rows["edgevid"], rows["genai"]
         same = e[0]["tokens"] == g[0]["tokens"]
-        print(f"| {n} | {ours} | {theirs} | {median(e, 'ttft_s'):.2f} / {median(g, 'ttft_s'):.2f} | "
-              f"{median(e, 'decode_tok_s'):.1f} / {median(g, 'decode_tok_s'):.1f} | "
+        print(f"| {rows['tokens']} | {ours} | {theirs} | {spread(e, 'ttft_s', 2)} | {spread(g, 'ttft_s', 2)} | "
+              f"{spread(e, 'decode_tok_s', 1)} | {spread(g, 'decode_tok_s', 1)} | "
               f"{median(e, 'decode_tok_s') / median(g, 'decode_tok_s'):.2f}x | "
               f"{median(e, 'peak_rss_mb'):.0f} / {median(g, 'peak_rss_mb'):.0f} | {'same' if same else 'differ'} | "
               f"{min(rows['load']):.1f}-{max(rows['load']):.1f} |")
