@@ -171,7 +171,9 @@ def use_checkpoint(workdir: Path, checkpoint: Path | None) -> Path:
 
 
 # ---- sides (each in its own process) ---------------------------------------------------------------------
-def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spinning: bool) -> dict:
+def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spinning: bool,
+                profile: Path | None = None) -> dict:
+    import edgevid.model.sessions as sessions
     from edgevid.model.generate import PromptInputs, decode_steps, prefill, prompt_embeddings
     from edgevid.model.manifest import ModelFolder
     from edgevid.model.providers import select_providers
@@ -181,6 +183,15 @@ def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spin
     folder = ModelFolder.load(model)
     choice = select_providers("cpu", ["CPUExecutionProvider"])
     config = SessionConfig(threads=threads, spinning=spinning)
+    if profile:                 # onnxruntime's profiler on the decoder only
+        options = sessions.session_options
+
+        def profiled(config, **kw):
+            so = options(config, **kw)
+            if kw.get("label", "").startswith("decoder"):
+                so.enable_profiling, so.profile_file_prefix = True, str(profile / "edgevid")
+            return so
+        sessions.session_options = profiled
     embed = EmbedSession(folder.graph_path("embed_tokens", precision), choice, config,
                          placeholder_ids=[folder.special.image, folder.special.video], pad_id=folder.special.pad)
     decoder = DecoderSession(folder.graph_path("decoder", precision), choice, config)
@@ -194,12 +205,26 @@ def run_edgevid(model: Path, precision: str, ids: np.ndarray, threads: int, spin
     tokens += [next(steps) for _ in range(DECODE_TOKENS - 1)]
     decode = time.perf_counter() - t
     steps.close()
-    return _result(ttft, decode, tokens)
+    result = _result(ttft, decode, tokens)
+    if profile:
+        result["profile"] = decoder.session.end_profiling()
+    return result
 
 
-def run_genai(model: Path, ids: np.ndarray) -> dict:
+def run_genai(model: Path, ids: np.ndarray, profile: Path | None = None) -> dict:
     import onnxruntime_genai as og
 
+    if profile:                 # a copy of the model folder whose config turns onnxruntime's profiler on
+        copy = profile / "genai-model"
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir(parents=True)
+        for f in model.iterdir():
+            if f.is_file() and f.name != "genai_config.json":
+                os.link(f, copy / f.name)
+        config = json.loads((model / "genai_config.json").read_text())
+        config["model"]["decoder"]["session_options"]["enable_profiling"] = str(profile / "genai")
+        (copy / "genai_config.json").write_text(json.dumps(config, indent=1))
+        model = copy
     m = og.Model(str(model))
     params = og.GeneratorParams(m)
     params.set_search_options(max_length=max(len(ids) + DECODE_TOKENS, 512), do_sample=False)
@@ -214,7 +239,28 @@ def run_genai(model: Path, ids: np.ndarray) -> dict:
         generator.generate_next_token()
         tokens.append(int(generator.get_next_tokens()[0]))
     decode = time.perf_counter() - t
-    return _result(ttft, decode, tokens)
+    result = _result(ttft, decode, tokens)
+    if profile:
+        del generator, params, m            # the profile is written when the session closes
+        result["profile"] = str(max(profile.glob("genai*.json"), key=lambda f: f.stat().st_mtime))
+        shutil.rmtree(model)
+    return result
+
+
+def step_profile(path: str, steps: int = 50) -> dict:
+    """Per decode step, from an onnxruntime profile: run wall time, kernel time by operator type and
+    node count, over the last ``steps`` runs (all decode steps: the prefill runs come first)."""
+    events = json.loads(Path(path).read_text())
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])[-steps:]
+    first = runs[0]["ts"]
+    ops: dict = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
+            op = ops.setdefault(e["args"].get("op_name", "?"), [0.0, 0])
+            op[0] += e["dur"] / 1000 / len(runs)
+            op[1] += 1 / len(runs)
+    return {"run_ms": sum(r["dur"] for r in runs) / 1000 / len(runs), "ops": ops}
 
 
 def _result(ttft: float, decode: float, tokens: list[int]) -> dict:
@@ -223,11 +269,26 @@ def _result(ttft: float, decode: float, tokens: list[int]) -> dict:
 
 
 # ---- parent -------------------------------------------------------------------------------------------------
-def side_command(args, side: str, precision: str, label: str, spinning: bool = True) -> list[str]:
+def side_command(args, side: str, precision: str, label: str, spinning: bool = True,
+                 profile: Path | None = None) -> list[str]:
     python = sys.executable if side == "edgevid" else args.genai_python
     cmd = [python, __file__, "--side", side, "--precision", precision, "--label", label, "--workdir",
            str(args.workdir), "--threads", str(args.threads)]
-    return cmd + (["--spin"] if spinning else [])
+    return cmd + (["--spin"] if spinning else []) + (["--profile-dir", str(profile)] if profile else [])
+
+
+def print_profiles(label: str, n: int, ours: str, theirs: str, a: dict, b: dict) -> None:
+    print(f"\nPer decode step, {label} ({n} tokens), {ours} / {theirs} (onnxruntime profiler, last 50 steps; "
+          f"kernel ms, nodes):\n")
+    print("| operator | edgevid ms | edgevid nodes | genai ms | genai nodes |")
+    print("|---|---|---|---|---|")
+    ops = sorted(set(a["ops"]) | set(b["ops"]), key=lambda op: -max(a["ops"].get(op, [0])[0], b["ops"].get(op, [0])[0]))
+    cell = lambda p, op: (f"{p['ops'][op][0]:.3f} | {p['ops'][op][1]:.0f}" if op in p["ops"] else "- | -")  # noqa: E731
+    for op in ops:
+        print(f"| {op} | {cell(a, op)} | {cell(b, op)} |")
+    total = lambda p: (sum(v[0] for v in p["ops"].values()), sum(v[1] for v in p["ops"].values()))  # noqa: E731
+    print(f"| all kernels | {total(a)[0]:.3f} | {total(a)[1]:.0f} | {total(b)[0]:.3f} | {total(b)[1]:.0f} |")
+    print(f"| run (wall) | {a['run_ms']:.3f} | | {b['run_ms']:.3f} | |")
 
 
 def run_side(cmd: list[str]) -> dict:
@@ -263,20 +324,23 @@ def main() -> None:
     parser.add_argument("--no-spin", action="store_true", help="edgevid with intra-op spinning off")
     parser.add_argument("--compare-spinning", action="store_true",
                         help="A = edgevid spinning on, B = edgevid spinning off (no genai)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: one profiled run per side, where a decode step's time goes")
     parser.add_argument("--json", type=Path, help="also write every run here")
     parser.add_argument("--side", choices=["edgevid", "genai"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--label", help=argparse.SUPPRESS)
     parser.add_argument("--spin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
     genai_dir = lambda p: args.workdir / f"genai-{p}{'-all' if args.genai_all_logits else ''}"  # noqa: E731
     if args.side == "edgevid":
         print(json.dumps(run_edgevid(args.workdir / "edgevid", args.precision, prompt_ids(args.workdir, args.label),
-                                     args.threads, args.spin)))
+                                     args.threads, args.spin, args.profile_dir)))
         return
     if args.side == "genai":
-        print(json.dumps(run_genai(genai_dir(args.precision), prompt_ids(args.workdir, args.label))))
+        print(json.dumps(run_genai(genai_dir(args.precision), prompt_ids(args.workdir, args.label), args.profile_dir)))
         return
     if not args.genai_python and not args.compare_spinning:
         raise SystemExit("--genai-python is required (a venv with onnxruntime-genai 0.18 and transformers 5.14)")
@@ -297,6 +361,16 @@ def main() -> None:
         labels = [write_file_prompt(args.workdir, f, checkpoint) for f in args.prompt_file]
     else:
         labels = [write_random_prompt(args.workdir, int(n)) for n in args.prompts.split(",")]
+    if args.profile:
+        profiles = args.workdir / "profiles"
+        profiles.mkdir(exist_ok=True)
+        for label in labels:
+            for ours, theirs in pairs:
+                a = run_side(side_command(args, "edgevid", ours, label, not args.no_spin, profiles))
+                b = run_side(side_command(args, "genai", theirs, label, profile=profiles))
+                print_profiles(label, len(prompt_ids(args.workdir, label)), ours, theirs,
+                               step_profile(a["profile"]), step_profile(b["profile"]))
+        return
     runs: dict = {}
     for label in labels:
         n = len(prompt_ids(args.workdir, label))
