@@ -302,6 +302,12 @@ def median(rows, key):
     return statistics.median(r[key] for r in rows)
 
 
+def paired(a_rows, b_rows) -> str:
+    """The decode ratio of each round's A B pair (run minutes apart, so one machine phase): min-max."""
+    ratios = [a["decode_tok_s"] / b["decode_tok_s"] for a, b in zip(a_rows, b_rows)]
+    return f"rounds {min(ratios):.2f}-{max(ratios):.2f}x"
+
+
 def spread(rows, key, digits: int) -> str:
     """``median (min-max)`` of one measure over the rounds."""
     values = [r[key] for r in rows]
@@ -404,7 +410,7 @@ def main() -> None:
         same = e[0]["tokens"] == g[0]["tokens"]
         print(f"| {rows['tokens']} | {ours} | {theirs} | {spread(e, 'ttft_s', 2)} | {spread(g, 'ttft_s', 2)} | "
               f"{spread(e, 'decode_tok_s', 1)} | {spread(g, 'decode_tok_s', 1)} | "
-              f"{median(e, 'decode_tok_s') / median(g, 'decode_tok_s'):.2f}x | "
+              f"{median(e, 'decode_tok_s') / median(g, 'decode_tok_s'):.2f}x ({paired(e, g)}) | "
               f"{median(e, 'peak_rss_mb'):.0f} / {median(g, 'peak_rss_mb'):.0f} | {'same' if same else 'differ'} | "
               f"{min(rows['load']):.1f}-{max(rows['load']):.1f} |")
     if args.json:
