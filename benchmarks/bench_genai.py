@@ -130,9 +130,9 @@ def write_random_prompt(workdir: Path, n: int) -> str:
     return str(n)
 
 
-def write_file_prompt(workdir: Path, source: Path, checkpoint: Path) -> str:
+def write_file_prompt(workdir: Path, source: Path, checkpoint: Path, index: int) -> str:
     """A user's prompt: ``.npy`` token ids as they are, anything else read as text and tokenised with the
-    checkpoint's tokenizer. Returns its label (the file's stem)."""
+    checkpoint's tokenizer. Returns its label (its place on the command line and the file's stem)."""
     if source.suffix == ".npy":
         ids = np.load(source).reshape(-1).astype(np.int64)
     else:
@@ -142,7 +142,7 @@ def write_file_prompt(workdir: Path, source: Path, checkpoint: Path) -> str:
         ids = np.asarray(AutoTokenizer.from_pretrained(checkpoint)(text)["input_ids"], dtype=np.int64)
     if ids.size == 0:
         raise SystemExit(f"{source}: empty prompt")
-    label = f"file-{source.stem}"
+    label = f"file{index}-{source.stem.replace(':', '_')}"
     np.save(workdir / f"prompt-{label}.npy", ids)
     return label
 
@@ -364,7 +364,7 @@ def main() -> None:
             build_genai(args.genai_python, checkpoint, genai_dir(genai_precision), genai_precision,
                         args.genai_all_logits, args.threads)
     if args.prompt_file:
-        labels = [write_file_prompt(args.workdir, f, checkpoint) for f in args.prompt_file]
+        labels = [write_file_prompt(args.workdir, f, checkpoint, i) for i, f in enumerate(args.prompt_file, 1)]
     else:
         labels = [write_random_prompt(args.workdir, int(n)) for n in args.prompts.split(",")]
     if args.profile:
