@@ -15,6 +15,7 @@ up-projection (1024 x 4,096).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-EDGEVID_BLOCK = 64          # export/quantize_q4.py's MATMUL_BLOCK
+from edgevid_export.quantize_q4 import ACCURACY_LEVEL, MATMUL_BLOCK as EDGEVID_BLOCK
+
 BLOCKS = (32, 64, 128, 256)
 
 
@@ -38,7 +40,7 @@ def quantised_graph(weight: np.ndarray, block: int, path: Path) -> None:
     zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
     quantize_matmul_4bits(packed, weight, scales, zero_points, block, n, k, True)
     node = helper.make_node("MatMulNBits", ["x", "q", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
-                            block_size=block, accuracy_level=4)
+                            block_size=block, accuracy_level=ACCURACY_LEVEL)
     graph = helper.make_graph([node], "q4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
                               [numpy_helper.from_array(packed, "q"), numpy_helper.from_array(scales, "s")])
@@ -85,8 +87,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    import os
-
     print(f"{args.threads} threads, {args.rounds} rounds interleaved, medians; load average "
           f"{os.getloadavg()[0]:.1f}\n")
     print("| K x N | block | ms per row | speed vs 64-blocks | output error (relative RMS) |")

@@ -247,8 +247,8 @@ def quantize_precisions(output: Path, precisions, reference_onnx, config, stages
 
 def prefill_chunk(text_config) -> int:
     """Prompt tokens per prefill run: as many as keep one chunk's MLP activations ([chunk, intermediate] in
-    fp32) within 4 MiB, a power of two from 128 to 512 (measured: a 1024-wide, 4096-deep model prefills 2,000
-    tokens fastest in 256-token chunks, and E2B's 9216-deep MLP at 128 holds its peak down)."""
+    fp32) within 4 MiB, a power of two from 128 to 512: larger chunks run fewer, fuller matmuls until the
+    activations outgrow the cache and the peak (docs/benchmarks.md, "Session options")."""
     width = max(int(getattr(text_config, "intermediate_size", 0) or 0), 1)
     fits = (4 * 1024 ** 2) // (4 * width)
     return max(128, min(512, 1 << max(fits, 1).bit_length() - 1))

@@ -98,8 +98,8 @@ def release_weight_pages() -> int:
     """Hand back the resident pages of the loaded graphs' mapped weight files (they fault in again on use).
     Embedding tables get ``MADV_DONTNEED``: the pages leave this process but stay in the page cache, so the
     next prompt's rows fault in from memory. ``MADV_PAGEOUT`` would evict them, and every later lookup of those
-    rows (this process's decode steps, the next request) would wait for the disk: measured, 180 ms of a 2,000-token
-    fp32 prefill. Nothing writes a lookup table, so no private copy can be lost."""
+    rows (this process's decode steps, the next request) would wait for the disk (docs/performance.md). Nothing
+    writes a lookup table, so no private copy can be lost."""
     if not _directories:
         return 0
     return (release(lambda path: _registered(path) and is_table_file(path), MADV_DONTNEED)
